@@ -1,0 +1,140 @@
+"""Atomic artifact directories and the metrics.json completion record.
+
+Every stage writes into ``<parent>/.<name>.partial-<pid>`` and renames it into place only when
+complete, with ``metrics.json`` written last; a ``kill -9`` at any moment leaves either nothing
+(or the previous finished artifact) or the finished artifact. Stages that read an lpaf artifact
+call :func:`require_complete`, so a directory without its completion record is never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from lpaf.errors import LpafError
+
+METRICS_FILE = "metrics.json"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("lpaf", "torch", "transformers", "datasets", "safetensors", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def config_hash(args: dict[str, Any]) -> str:
+    """Stable hash of a stage's arguments (sorted JSON), recorded in every metrics.json."""
+    blob = json.dumps(args, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise LpafError(f"file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise LpafError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def is_complete(directory: str | Path) -> bool:
+    return (Path(directory) / METRICS_FILE).is_file()
+
+
+def require_complete(directory: str | Path, what: str = "artifact") -> Path:
+    """Refuse to read an lpaf artifact that has no completion record."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LpafError(f"{what} directory not found: {directory}")
+    if not is_complete(directory):
+        raise LpafError(
+            f"{what} {directory} has no {METRICS_FILE} (it is incomplete or not an lpaf artifact); "
+            f"rerun the stage that produces it"
+        )
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success replace ``out_dir`` with it.
+
+    On any exception the temporary directory is removed and ``out_dir`` is untouched.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not is_complete(tmp):
+            raise RuntimeError(f"internal error: stage finished without writing {METRICS_FILE}")
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_record(args: dict[str, Any]) -> dict[str, Any]:
+    """The provenance block every metrics.json carries."""
+    return {
+        "args": args,
+        "config_hash": config_hash(args),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "command": " ".join(sys.argv),
+    }

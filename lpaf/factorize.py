@@ -1,0 +1,721 @@
+"""Stage 2 math: rank allocation and the factorizers (svd, fwsvd, sparsity-aware SVD).
+
+Every factorizer has one shape, ``(W, weights | None, rank) -> (A, B)``: W is m x n in PyTorch
+layout (out x in), A is m x r and B is r x n, so ``A @ B`` approximates W with r(m+n) weights.
+All math runs in float32 (float64 for the exact reference) whatever the input dtype; factors come
+back in the compute dtype and are checked to be finite.
+
+Sparsity-aware SVD minimises ``||Ω ⊙ (W_s − X)||²_F`` over rank-r X by the EM iteration of Srebro &
+Jaakkola (2003). That EM majorises ``Σ w_ij (W_s − X)²_ij`` for EM weights w in [0, 1]; for our
+objective the EM weights are therefore ``w = Ω²`` (identical to Ω for 0/1 masks, and the reason
+the objective provably never increases). Two solvers share one result type:
+
+- :func:`weighted_svd_em_exact`: one full SVD per EM step — the reference (float64 by default);
+- :func:`sparsity_aware_svd_batched`: the fast solver. The EM step only needs the top-r subspace
+  of ``Y = X + Ω² ⊙ (W_s − X)``, which moves little from one step to the next, so each step does
+  warm-started block subspace iteration from the previous basis, batched over matrices of one
+  shape (three or more ``[b, m, n] x [b, n, r]`` products per step; CPU or CUDA). Each step is
+  still a descent step: it projects Y onto a column space that contains ``Y`` times the previous
+  row space, which is at least as good as the previous iterate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from lpaf.errors import LpafError
+
+Factorizer = Callable[[Tensor, "Tensor | None", int], tuple[Tensor, Tensor]]
+RankRule = Literal["budget", "nnz"]
+Method = Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd"]
+Solver = Literal["fast", "exact"]
+
+COMPUTE_DTYPE = torch.float32
+REFERENCE_DTYPE = torch.float64
+DEFAULT_MAX_ITERS = 50
+DEFAULT_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Rank allocation
+# --------------------------------------------------------------------------------------------
+
+def _density_fraction(density: float) -> Fraction:
+    """The density as the exact decimal the user wrote (0.1 -> 1/10), so floors are not off by one
+    from float noise (0.1 * 768 * 768 / 1536 must give 38, not 38.4 - eps)."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not math.isfinite(density):
+        raise LpafError(f"density must be a number in (0, 1], got {density!r}")
+    if not 0.0 < density <= 1.0:
+        raise LpafError(f"density must be in (0, 1], got {density}")
+    return Fraction(str(float(density)))
+
+
+def _check_shape(m: int, n: int) -> None:
+    if m < 1 or n < 1:
+        raise LpafError(f"matrix shape must be positive, got {m}x{n}")
+
+
+def allocate_rank(m: int, n: int, density: float) -> int:
+    """Rank that keeps a fraction ``density`` of an m x n matrix: floor(p·m·n/(m+n)).
+
+    The floor makes r(m+n) <= p·m·n, so a model of such matrices never exceeds its budget.
+    """
+    p = _density_fraction(density)
+    _check_shape(m, n)
+    rank = math.floor(p * m * n / (m + n))
+    if rank < 1:
+        need = Fraction(m + n, m * n)
+        raise LpafError(
+            f"density {density} gives rank 0 for a {m}x{n} matrix; it needs density >= {float(need):.4g}"
+        )
+    return rank
+
+
+def rank_from_nnz(nnz: int, m: int, n: int) -> int:
+    """Rank that stores no more weights than a pruned matrix's non-zeros: floor(nnz/(m+n))."""
+    _check_shape(m, n)
+    if nnz < 0 or nnz > m * n:
+        raise LpafError(f"non-zero count must be in [0, {m * n}] for a {m}x{n} matrix, got {nnz}")
+    rank = nnz // (m + n)
+    if rank < 1:
+        raise LpafError(
+            f"{nnz} non-zeros give rank 0 for a {m}x{n} matrix; rank 1 needs at least {m + n} non-zeros"
+        )
+    return rank
+
+
+@dataclass(frozen=True)
+class RankAllocation:
+    """Ranks for a set of named matrices and the weight accounting that goes into metrics.json."""
+
+    ranks: dict[str, int]
+    shapes: dict[str, tuple[int, int]]
+    rule: str
+    density: float | None
+    stored_weights: int  # Σ r(m+n)
+    budget_weights: float  # p·Σmn (budget rule) or Σnnz (nnz rule)
+    dense_weights: int  # Σ mn
+
+    @property
+    def retained_fraction(self) -> float:
+        return self.stored_weights / self.dense_weights
+
+    def to_dict(self) -> dict:
+        ranks = list(self.ranks.values())
+        return {
+            "rule": self.rule,
+            "density": self.density,
+            "stored_weights": self.stored_weights,
+            "budget_weights": self.budget_weights,
+            "dense_weights": self.dense_weights,
+            "retained_fraction": self.retained_fraction,
+            "rank_min": min(ranks),
+            "rank_max": max(ranks),
+            "rank_mean": sum(ranks) / len(ranks),
+            "ranks": dict(self.ranks),
+        }
+
+
+def allocate_ranks(
+    shapes: Mapping[str, Sequence[int]],
+    density: float | None = None,
+    *,
+    rule: RankRule = "budget",
+    nnz: Mapping[str, int] | None = None,
+) -> RankAllocation:
+    """Rank per named matrix by the budget rule (density) or the nnz rule (pruned non-zeros).
+
+    Every matrix that would get rank 0 is reported in one error. The stored weight count never
+    exceeds the budget (p·Σmn, or Σnnz), because every per-matrix rank is floored.
+    """
+    if not shapes:
+        raise LpafError("no matrices to allocate ranks for")
+    if rule not in ("budget", "nnz"):
+        raise LpafError(f"rank rule must be 'budget' or 'nnz', got {rule!r}")
+    if rule == "budget":
+        p = _density_fraction(density if density is not None else float("nan"))
+    elif nnz is None:
+        raise LpafError("rank rule 'nnz' needs the non-zero count of every matrix")
+    else:
+        missing = sorted(set(shapes) - set(nnz))
+        if missing:
+            raise LpafError(f"rank rule 'nnz': no non-zero count for {', '.join(missing[:5])}")
+
+    ranks: dict[str, int] = {}
+    clean_shapes: dict[str, tuple[int, int]] = {}
+    problems: dict[str, str] = {}  # one message per distinct problem
+    for name, shape in shapes.items():
+        m, n = (int(d) for d in shape)
+        clean_shapes[name] = (m, n)
+        try:
+            ranks[name] = allocate_rank(m, n, density) if rule == "budget" else rank_from_nnz(int(nnz[name]), m, n)
+        except LpafError as e:
+            problems.setdefault(str(e), name)
+    if problems:
+        raise LpafError("; ".join(f"{msg} ({name})" for msg, name in problems.items()))
+
+    stored = sum(r * (m + n) for r, (m, n) in zip(ranks.values(), clean_shapes.values()))
+    dense = sum(m * n for m, n in clean_shapes.values())
+    if rule == "budget":
+        budget_exact = p * dense
+        budget = float(budget_exact)
+    else:
+        budget_exact = Fraction(sum(int(nnz[k]) for k in shapes))
+        budget = float(budget_exact)
+    assert stored <= budget_exact, f"internal error: {stored} stored weights exceed budget {budget}"
+    return RankAllocation(ranks, clean_shapes, rule, None if rule == "nnz" else float(density),
+                          stored, budget, dense)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and small helpers
+# --------------------------------------------------------------------------------------------
+
+def _as_matrix(weight: Tensor, dtype: torch.dtype, what: str = "weight") -> Tensor:
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise LpafError(f"{what} must be a 2-D matrix, got {shape}")
+    out = weight.detach().to(dtype)
+    if not torch.isfinite(out).all():
+        raise LpafError(f"{what} of shape {tuple(weight.shape)} contains NaN or Inf")
+    return out
+
+
+def _check_rank(rank: int, m: int, n: int) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(m, n):
+        raise LpafError(f"rank must be an integer in [1, {min(m, n)}] for a {m}x{n} matrix, got {rank!r}")
+
+
+def _check_entry_weights(omega: Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                         what: str = "entry weights") -> Tensor:
+    if not isinstance(omega, Tensor) or tuple(omega.shape) != tuple(shape):
+        got = tuple(omega.shape) if isinstance(omega, Tensor) else type(omega).__name__
+        raise LpafError(f"{what} must have the weight's shape {tuple(shape)}, got {got}")
+    out = omega.detach().to(dtype)
+    if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        raise LpafError(f"{what} must lie in [0, 1]; got values in [{out.min().item():.4g}, {out.max().item():.4g}]")
+    return out
+
+
+def _check_finite_factors(A: Tensor, B: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        raise LpafError(f"{what} produced non-finite factors (NaN or Inf); check the input weights")
+    return A, B
+
+
+def _balanced_factors(U: Tensor, S: Tensor, Vh: Tensor) -> tuple[Tensor, Tensor]:
+    """A = U Σ^{1/2}, B = Σ^{1/2} Vᵀ: both factors on the same scale, which suits re-training."""
+    root = S.clamp_min(0).sqrt()
+    return U * root.unsqueeze(-2), root.unsqueeze(-1) * Vh
+
+
+def _truncated_svd(Y: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    return U[..., :rank], S[..., :rank], Vh[..., :rank, :]
+
+
+# --------------------------------------------------------------------------------------------
+# Closed-form factorizers
+# --------------------------------------------------------------------------------------------
+
+def svd(weight: Tensor, weights: Tensor | None, rank: int) -> tuple[Tensor, Tensor]:
+    """Truncated SVD: A = U_r Σ_r^{1/2} (m x r), B = Σ_r^{1/2} V_rᵀ (r x n). Takes no weights."""
+    if weights is not None:
+        raise LpafError("svd takes no weights; use fwsvd or sparsity-aware SVD for weighted factorization")
+    W = _as_matrix(weight, COMPUTE_DTYPE)
+    _check_rank(rank, *W.shape)
+    A, B = _balanced_factors(*_truncated_svd(W, rank))
+    return _check_finite_factors(A, B, "svd")
+
+
+def row_weighted_svd(weight: Tensor, row_weights: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Minimise Σ_i w_i ||W_i − (AB)_i||² in closed form: SVD(D W) = U S Vᵀ with D = diag(√w).
+
+    A = D⁻¹ U_r S_r equals W V_r exactly (D W V_r = U_r S_r), and W V_r needs no division, so rows
+    with tiny weights cannot blow up. B = V_rᵀ.
+    """
+    W = _as_matrix(weight, COMPUTE_DTYPE)
+    m, n = W.shape
+    _check_rank(rank, m, n)
+    w = row_weights.detach().to(COMPUTE_DTYPE) if isinstance(row_weights, Tensor) else None
+    if w is None or tuple(w.shape) != (m,):
+        got = tuple(row_weights.shape) if isinstance(row_weights, Tensor) else type(row_weights).__name__
+        raise LpafError(f"row weights must be a vector of length {m} (one per output row), got {got}")
+    if not torch.isfinite(w).all() or w.min() < 0:
+        raise LpafError("row weights must be finite and non-negative")
+    if w.max() <= 0:
+        raise LpafError("row weights are all zero; nothing to weight the factorization by")
+    _, _, Vh = _truncated_svd(w.sqrt().unsqueeze(1) * W, rank)
+    B = Vh
+    A = W @ B.T
+    return _check_finite_factors(A, B, "row-weighted svd")
+
+
+def fisher_row_importance(fisher: Tensor, m: int) -> Tensor:
+    """Per-row Fisher importance I_i = Σ_j F_ij from accumulated squared gradients (m x n or m)."""
+    if not isinstance(fisher, Tensor) or fisher.dim() not in (1, 2) or fisher.shape[0] != m:
+        got = tuple(fisher.shape) if isinstance(fisher, Tensor) else type(fisher).__name__
+        raise LpafError(f"fwsvd weights must be per-row importance of length {m} or squared gradients of "
+                        f"shape ({m}, n), got {got}")
+    importance = fisher.detach().to(COMPUTE_DTYPE)
+    return importance.sum(dim=1) if importance.dim() == 2 else importance
+
+
+def fwsvd(weight: Tensor, weights: Tensor | None, rank: int, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Fisher-weighted SVD (Hsu et al. 2022): D = diag(√(I + ε)), SVD(D W), A = D⁻¹U_r S_r, B = V_rᵀ.
+
+    ``weights`` is the per-row Fisher importance I (length m) or the squared-gradient matrix it is
+    summed from; None means uniform (then fwsvd equals svd). ε is relative to max(I), so the result
+    does not depend on the loss scale.
+    """
+    m = weight.shape[0]
+    if weights is None:
+        importance = torch.ones(m, dtype=COMPUTE_DTYPE)
+    else:
+        importance = fisher_row_importance(weights, m)
+    if not torch.isfinite(importance).all() or importance.min() < 0:
+        raise LpafError("fwsvd row importance must be finite and non-negative (sums of squared gradients)")
+    top = importance.max()
+    if top <= 0:
+        raise LpafError("fwsvd row importance is all zero; accumulate squared gradients over task batches first")
+    return row_weighted_svd(weight, importance + eps * top, rank)
+
+
+def normalize_importance(scores: Tensor, keep: Tensor | None = None, min_weight: float = 0.1) -> Tensor:
+    """Map first-order importance scores to (0, 1]: min-max over the ``keep`` entries, floored at
+    ``min_weight`` so no kept entry is ignored. Entries outside ``keep`` come back as 0."""
+    if not 0.0 < min_weight <= 1.0:
+        raise LpafError(f"min_weight must be in (0, 1], got {min_weight}")
+    s = scores.detach().to(COMPUTE_DTYPE)
+    if not torch.isfinite(s).all():
+        raise LpafError(f"importance scores of shape {tuple(scores.shape)} contain NaN or Inf")
+    sel = torch.ones_like(s, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    if not sel.any():
+        return torch.zeros_like(s)
+    lo, hi = s[sel].min(), s[sel].max()
+    span = (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
+    unit = ((s - lo) / span).clamp(0.0, 1.0) if hi > lo else torch.ones_like(s)
+    return torch.where(sel, min_weight + (1.0 - min_weight) * unit, torch.zeros_like(s))
+
+
+def row_weights_from_importance(scores: Tensor, min_weight: float = 0.1) -> Tensor:
+    """Row weights for the cheap variant: mean normalized importance of each row's entries (all
+    entries, pruned ones included, so every row and entry keeps some weight)."""
+    return normalize_importance(scores, None, min_weight).mean(dim=1)
+
+
+def importance_row_svd(weight: Tensor, weights: Tensor | None, rank: int) -> tuple[Tensor, Tensor]:
+    """The cheap sparsity-aware variant: row-weighted SVD of the pruned matrix with row weights
+    from first-order importance scores (``weights``: the m x n score matrix)."""
+    if weights is None:
+        raise LpafError("importance-row-svd needs the first-order importance scores of the matrix")
+    if tuple(weights.shape) != tuple(weight.shape):
+        raise LpafError(f"importance scores must have the weight's shape {tuple(weight.shape)}, "
+                        f"got {tuple(weights.shape)}")
+    return row_weighted_svd(weight, row_weights_from_importance(weights), rank)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry weights Ω for sparsity-aware SVD
+# --------------------------------------------------------------------------------------------
+
+def _check_pruned_weight(pruned_weight: float) -> float:
+    if isinstance(pruned_weight, bool) or not isinstance(pruned_weight, (int, float)) \
+            or not 0.0 <= pruned_weight <= 1.0:
+        raise LpafError(f"pruned weight λ must be in [0, 1], got {pruned_weight!r}")
+    return float(pruned_weight)
+
+
+def omega_from_mask(mask: Tensor, pruned_weight: float) -> Tensor:
+    """Ω = M + λ(1 − M): kept entries weight 1, pruned entries weight λ (λ = 1 is plain SVD)."""
+    lam = _check_pruned_weight(pruned_weight)
+    keep = mask.detach().to(torch.bool)
+    return torch.where(keep, torch.ones((), dtype=COMPUTE_DTYPE), torch.full((), lam, dtype=COMPUTE_DTYPE))
+
+
+def omega_from_importance(mask: Tensor, scores: Tensor, pruned_weight: float,
+                          min_kept_weight: float = 0.1) -> Tensor:
+    """Ω with kept entries weighted by normalized first-order importance in [min_kept_weight, 1]
+    (the most important kept entry gets 1) and pruned entries weighted λ."""
+    lam = _check_pruned_weight(pruned_weight)
+    if tuple(mask.shape) != tuple(scores.shape):
+        raise LpafError(f"mask {tuple(mask.shape)} and importance scores {tuple(scores.shape)} differ in shape")
+    keep = mask.detach().to(torch.bool)
+    kept = normalize_importance(scores, keep, min_kept_weight)
+    return torch.where(keep, kept, torch.full((), lam, dtype=COMPUTE_DTYPE))
+
+
+# --------------------------------------------------------------------------------------------
+# Sparsity-aware SVD (weighted low-rank approximation by EM)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class WeightedLowRankResult:
+    """Factors and convergence record of the EM. A: [..., m, r], B: [..., r, n]; per-matrix lists
+    (one entry when unbatched). ``objectives[i][k]`` = ||Ω⊙(W_s − X_k)||²_F for k = 0..iterations."""
+
+    A: Tensor
+    B: Tensor
+    iterations: list[int]
+    objectives: list[list[float]]
+    converged: list[bool]
+    wall_time_s: float = 0.0
+
+    @property
+    def final_objectives(self) -> list[float]:
+        return [trace[-1] for trace in self.objectives]
+
+
+def _relative_change(previous: Tensor, current: Tensor) -> Tensor:
+    tiny = torch.finfo(current.dtype).tiny
+    return (previous - current).abs() / previous.clamp_min(tiny)
+
+
+def weighted_svd_em_exact(
+    weight: Tensor,
+    omega: Tensor | None,
+    rank: int,
+    *,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    tol: float = DEFAULT_TOL,
+    dtype: torch.dtype = REFERENCE_DTYPE,
+) -> WeightedLowRankResult:
+    """Reference EM with a full SVD per step: X₀ = SVD_r(W_s); X_{k+1} = SVD_r(Ω²⊙W_s + (1−Ω²)⊙X_k),
+    stopping when the relative change of ||Ω⊙(W_s − X)||²_F drops below ``tol``."""
+    _check_em_options(max_iters, tol)
+    start = time.perf_counter()
+    W = _as_matrix(weight, dtype)
+    m, n = W.shape
+    _check_rank(rank, m, n)
+    om = torch.ones_like(W) if omega is None else _check_entry_weights(omega, (m, n), dtype)
+    em_weight = om * om
+    U, S, Vh = _truncated_svd(W, rank)
+    X = (U * S) @ Vh
+    objective = ((om * (W - X)) ** 2).sum()
+    trace = [objective.item()]
+    converged = False
+    iterations = 0
+    tiny = torch.finfo(dtype).tiny
+    while iterations < max_iters:
+        if objective <= tiny:
+            converged = True
+            break
+        U, S, Vh = _truncated_svd(X + em_weight * (W - X), rank)
+        X = (U * S) @ Vh
+        iterations += 1
+        new_objective = ((om * (W - X)) ** 2).sum()
+        trace.append(new_objective.item())
+        change = _relative_change(objective, new_objective)
+        objective = new_objective
+        if change < tol:
+            converged = True
+            break
+    A, B = _balanced_factors(U, S, Vh)
+    _check_finite_factors(A, B, "sparsity-aware svd (exact)")
+    return WeightedLowRankResult(A, B, [iterations], [trace], [converged], time.perf_counter() - start)
+
+
+def _check_em_options(max_iters: int, tol: float) -> None:
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
+        raise LpafError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise LpafError(f"tol must be a finite number >= 0, got {tol!r}")
+
+
+def _orthonormal(M: Tensor) -> Tensor:
+    """Orthonormal basis of the columns of a [b, k, r] batch (Householder QR: safe for rank-deficient
+    blocks, which exactly low-rank matrices produce)."""
+    return torch.linalg.qr(M, mode="reduced")[0]
+
+
+def _project_rows(Y: Tensor, P: Tensor, power_steps: int) -> tuple[Tensor, Tensor]:
+    """Block subspace iteration on Y started from row basis P: returns Q (m x r) and C = QᵀY, whose
+    product Q C is the projection of Y onto a column space containing span(Y P)."""
+    for step in range(power_steps):
+        if step:
+            P = _orthonormal(C.transpose(-1, -2))
+        Q = _orthonormal(torch.bmm(Y, P))
+        C = torch.bmm(Q.transpose(-1, -2), Y)
+    return Q, C
+
+
+def sparsity_aware_svd_batched(
+    weights: Tensor,
+    omegas: Tensor | None,
+    rank: int,
+    *,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    tol: float = DEFAULT_TOL,
+    power_steps: int = 1,
+    init_steps: int = 3,
+    seed: int = 0,
+    dtype: torch.dtype = COMPUTE_DTYPE,
+) -> WeightedLowRankResult:
+    """Fast EM for a batch of equal-shape matrices ``weights`` [b, m, n] with entry weights ``omegas``
+    (same shape; None = all ones), on the tensors' device.
+
+    Each EM step forms Y = X + Ω²⊙(W_s − X) and runs ``power_steps`` warm-started subspace-iteration
+    steps from the previous row basis instead of a full SVD; X₀ is the rank-r approximation of W_s
+    from ``init_steps`` steps of randomized subspace iteration (seeded). Every matrix stops on its
+    own tolerance, as if it were run alone.
+    """
+    _check_em_options(max_iters, tol)
+    if power_steps < 1 or init_steps < 1:
+        raise LpafError(f"power_steps and init_steps must be >= 1, got {power_steps} and {init_steps}")
+    start = time.perf_counter()
+    if not isinstance(weights, Tensor) or weights.dim() != 3:
+        raise LpafError(f"weights must be a [batch, m, n] tensor, got {getattr(weights, 'shape', weights)}")
+    batch, m, n = weights.shape
+    _check_rank(rank, m, n)
+    W = weights.detach().to(dtype)
+    if not torch.isfinite(W).all():
+        raise LpafError(f"weights of shape {tuple(weights.shape)} contain NaN or Inf")
+    om = None if omegas is None else _check_entry_weights(omegas, (batch, m, n), dtype)
+    device = W.device
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    P = _orthonormal(torch.randn(batch, n, rank, generator=generator, device=device, dtype=dtype))
+    Q, C = _project_rows(W, P, init_steps)
+
+    traces: list[list[float]] = [[] for _ in range(batch)]
+    iterations = [0] * batch
+    converged = [False] * batch
+    out_Q = torch.empty(batch, m, rank, dtype=dtype, device=device)
+    out_C = torch.empty(batch, rank, n, dtype=dtype, device=device)
+    active = list(range(batch))  # original indices of the rows still iterating
+    previous: Tensor | None = None
+    X = torch.empty_like(W)
+    R = torch.empty_like(W)
+    tiny = torch.finfo(dtype).tiny
+    for step in range(max_iters + 1):
+        torch.bmm(Q, C, out=X)
+        torch.sub(W, X, out=R)
+        if om is not None:
+            R.mul_(om)
+        objective = torch.linalg.vector_norm(R, dim=(-2, -1)).square()
+        for slot, value in enumerate(objective.tolist()):
+            traces[active[slot]].append(value)
+        done = objective <= tiny
+        if previous is not None:
+            done |= _relative_change(previous, objective) < tol
+        done_slots = done.nonzero().flatten().tolist()
+        for slot in done_slots:
+            converged[active[slot]] = True
+        if step == max_iters:
+            done_slots = list(range(len(active)))
+        if done_slots:
+            keep_slots = [s for s in range(len(active)) if s not in set(done_slots)]
+            for slot in done_slots:
+                out_Q[active[slot]] = Q[slot]
+                out_C[active[slot]] = C[slot]
+            if not keep_slots:
+                break
+            keep = torch.tensor(keep_slots, device=device)
+            W, X, R, Q, C, objective = (t.index_select(0, keep) for t in (W, X, R, Q, C, objective))
+            om = None if om is None else om.index_select(0, keep)
+            active = [active[s] for s in keep_slots]
+        # EM step: Y = X + Ω² ⊙ (W − X), formed in place in X (R already holds Ω ⊙ (W − X)).
+        if om is not None:
+            R.mul_(om)
+        X.add_(R)
+        P = _orthonormal(C.transpose(-1, -2))  # row space of the current iterate
+        Q, C = _project_rows(X, P, power_steps)
+        previous = objective
+        for original in active:
+            iterations[original] += 1
+
+    # Balanced split of Q C: one small SVD of the r x n block per matrix.
+    Uc, S, Vh = torch.linalg.svd(out_C, full_matrices=False)
+    A, B = _balanced_factors(torch.bmm(out_Q, Uc), S, Vh)
+    _check_finite_factors(A, B, "sparsity-aware svd (fast)")
+    return WeightedLowRankResult(A, B, iterations, traces, converged, time.perf_counter() - start)
+
+
+def sparsity_aware_svd_result(
+    weight: Tensor,
+    omega: Tensor | None,
+    rank: int,
+    *,
+    solver: Solver = "fast",
+    max_iters: int = DEFAULT_MAX_ITERS,
+    tol: float = DEFAULT_TOL,
+    **solver_options,
+) -> WeightedLowRankResult:
+    """One matrix through the fast solver (batch of one) or the exact reference; A: m x r, B: r x n."""
+    if solver == "exact":
+        return weighted_svd_em_exact(weight, omega, rank, max_iters=max_iters, tol=tol, **solver_options)
+    if solver != "fast":
+        raise LpafError(f"solver must be 'fast' or 'exact', got {solver!r}")
+    W = _as_matrix(weight, COMPUTE_DTYPE)
+    if omega is not None:
+        omega = _check_entry_weights(omega, tuple(W.shape), COMPUTE_DTYPE).unsqueeze(0)
+    result = sparsity_aware_svd_batched(W.unsqueeze(0), omega, rank, max_iters=max_iters, tol=tol,
+                                        **solver_options)
+    result.A, result.B = result.A[0], result.B[0]
+    return result
+
+
+def sparsity_aware_svd(weight: Tensor, weights: Tensor | None, rank: int) -> tuple[Tensor, Tensor]:
+    """Sparsity-aware SVD of the pruned matrix W_s with entry weights Ω (``weights``, W's shape;
+    see :func:`omega_from_mask`), fast solver with the default tolerance and iteration cap."""
+    result = sparsity_aware_svd_result(weight, weights, rank)
+    return result.A, result.B
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction errors
+# --------------------------------------------------------------------------------------------
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> float:
+    num, den = numerator.item(), denominator.item()
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def relative_error(weight: Tensor, A: Tensor, B: Tensor) -> float:
+    """||W − AB||_F / ||W||_F (float64, so tiny errors of exact factorizations are resolved)."""
+    W = weight.detach().to(torch.float64)
+    X = A.detach().to(torch.float64) @ B.detach().to(torch.float64)
+    return _ratio(torch.linalg.matrix_norm(W - X), torch.linalg.matrix_norm(W))
+
+
+def weighted_relative_error(weight: Tensor, A: Tensor, B: Tensor, omega: Tensor) -> float:
+    """||Ω⊙(W − AB)||_F / ||Ω⊙W||_F: the error on the entries the sparsity-aware objective cares about."""
+    W = weight.detach().to(torch.float64)
+    om = omega.detach().to(torch.float64)
+    X = A.detach().to(torch.float64) @ B.detach().to(torch.float64)
+    return _ratio(torch.linalg.matrix_norm(om * (W - X)), torch.linalg.matrix_norm(om * W))
+
+
+# --------------------------------------------------------------------------------------------
+# Many named matrices at once (what the factorize stage calls)
+# --------------------------------------------------------------------------------------------
+
+FACTORIZERS: dict[str, Factorizer] = {
+    "svd": svd,
+    "fwsvd": fwsvd,
+    "sparsity-aware": sparsity_aware_svd,
+    "importance-row-svd": importance_row_svd,
+}
+
+
+@dataclass
+class MatrixFactorization:
+    """One matrix's factors and the per-matrix log line of the factorize stage."""
+
+    A: Tensor
+    B: Tensor
+    rank: int
+    relative_error: float
+    weighted_relative_error: float | None = None
+    iterations: int = 0
+    converged: bool | None = None
+    objectives: list[float] = field(default_factory=list)
+
+    def log_record(self) -> dict:
+        m, r = self.A.shape
+        n = self.B.shape[1]
+        return {
+            "shape": [m, n],
+            "rank": self.rank,
+            "stored_weights": r * (m + n),
+            "relative_error": self.relative_error,
+            "weighted_relative_error": self.weighted_relative_error,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "objective_first": self.objectives[0] if self.objectives else None,
+            "objective_last": self.objectives[-1] if self.objectives else None,
+        }
+
+
+def _check_named_inputs(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
+                        extra: Mapping[str, Tensor] | None, method: str) -> None:
+    """Collect every naming/shape problem and report them in one error."""
+    problems = []
+    if method not in FACTORIZERS:
+        problems.append(f"method must be one of {', '.join(FACTORIZERS)}, got {method!r}")
+    missing_rank = sorted(set(weights) - set(ranks))
+    if missing_rank:
+        problems.append(f"no rank for {', '.join(missing_rank[:5])}")
+    if method == "svd" and extra is not None:
+        problems.append("svd takes no weights")
+    if method in ("sparsity-aware", "importance-row-svd", "fwsvd") and extra is None and method != "fwsvd":
+        problems.append(f"{method} needs per-matrix weights (entry weights Ω or importance scores)")
+    if extra is not None:
+        missing = sorted(set(weights) - set(extra))
+        if missing:
+            problems.append(f"no {method} weights for {', '.join(missing[:5])}")
+        for name, w in weights.items():
+            if name in extra and method != "fwsvd" and tuple(extra[name].shape) != tuple(w.shape):
+                problems.append(f"{method} weights for {name} have shape {tuple(extra[name].shape)}, "
+                                f"expected {tuple(w.shape)}")
+    if problems:
+        raise LpafError("; ".join(problems))
+
+
+def factorize_matrices(
+    weights: Mapping[str, Tensor],
+    ranks: Mapping[str, int],
+    method: Method = "svd",
+    method_weights: Mapping[str, Tensor] | None = None,
+    *,
+    solver: Solver = "fast",
+    max_iters: int = DEFAULT_MAX_ITERS,
+    tol: float = DEFAULT_TOL,
+    device: torch.device | str | None = None,
+    max_batch_bytes: int = 1 << 30,
+    seed: int = 0,
+) -> dict[str, MatrixFactorization]:
+    """Factorize named matrices (e.g. every encoder linear) and compute their log records.
+
+    ``method_weights``: per-name Fisher row importance (fwsvd), entry weights Ω (sparsity-aware) or
+    importance scores (importance-row-svd); None for svd. Sparsity-aware SVD with the fast solver
+    groups matrices by (shape, rank) and solves each group in batches of at most ``max_batch_bytes``
+    per [b, m, n] tensor, on ``device`` (default: the weights' device).
+    """
+    _check_named_inputs(weights, ranks, method_weights, method)
+    results: dict[str, MatrixFactorization] = {}
+    if method == "sparsity-aware":
+        _check_em_options(max_iters, tol)
+        groups: dict[tuple, list[str]] = defaultdict(list)
+        for name, w in weights.items():
+            groups[(tuple(w.shape), ranks[name])].append(name)
+        for ((m, n), rank), names in groups.items():
+            per_batch = max(1, max_batch_bytes // (m * n * torch.finfo(COMPUTE_DTYPE).bits // 8))
+            for first in range(0, len(names), per_batch):
+                chunk = names[first:first + per_batch]
+                target = torch.device(device) if device is not None else weights[chunk[0]].device
+                if solver == "exact":
+                    parts = [weighted_svd_em_exact(weights[k], method_weights[k], rank,
+                                                   max_iters=max_iters, tol=tol) for k in chunk]
+                    solved = [(p.A, p.B, p.iterations[0], p.converged[0], p.objectives[0]) for p in parts]
+                elif solver == "fast":
+                    Ws = torch.stack([_as_matrix(weights[k], COMPUTE_DTYPE, k) for k in chunk]).to(target)
+                    Os = torch.stack([_check_entry_weights(method_weights[k], (m, n), COMPUTE_DTYPE,
+                                                           f"entry weights of {k}") for k in chunk]).to(target)
+                    res = sparsity_aware_svd_batched(Ws, Os, rank, max_iters=max_iters, tol=tol, seed=seed)
+                    solved = [(res.A[i], res.B[i], res.iterations[i], res.converged[i], res.objectives[i])
+                              for i in range(len(chunk))]
+                else:
+                    raise LpafError(f"solver must be 'fast' or 'exact', got {solver!r}")
+                for k, (A, B, its, conv, trace) in zip(chunk, solved):
+                    A, B = A.to(COMPUTE_DTYPE).cpu(), B.to(COMPUTE_DTYPE).cpu()
+                    results[k] = MatrixFactorization(
+                        A, B, rank, relative_error(weights[k], A, B),
+                        weighted_relative_error(weights[k], A, B, method_weights[k]), its, conv, trace)
+        return {k: results[k] for k in weights}
+    factorizer = FACTORIZERS[method]
+    for name, w in weights.items():
+        extra = None if method_weights is None else method_weights[name]
+        A, B = factorizer(w, extra, ranks[name])
+        results[name] = MatrixFactorization(A, B, ranks[name], relative_error(w, A, B))
+    return results

@@ -1,0 +1,196 @@
+"""GLUE and SQuAD dev metrics, with their official definitions (scikit-learn / scipy, no hub code).
+
+Scales follow each benchmark's own convention, so numbers compare with published ones:
+
+- GLUE metrics are **fractions in [0, 1]** (the Hugging Face ``glue`` metric convention):
+  accuracy, binary F1 of the positive class 1 (MRPC, QQP), Matthews correlation (CoLA), Pearson
+  and Spearman correlation (STS-B).
+- SQuAD exact match and F1 are **percentages in [0, 100]** (the official ``evaluate-v1.1.py``).
+
+Undefined values never crash an evaluation: a constant prediction (a collapsed model) scores
+Matthews correlation 0 (scikit-learn's convention) and Pearson / Spearman 0 (scipy returns nan,
+which would poison averages over seeds and break JSON; "no measurable correlation" is 0), and F1
+with no predicted and no true positives is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+import warnings
+from collections import Counter
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+from lpaf.errors import LpafError
+from lpaf.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def _as_vectors(preds: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """1-D arrays of equal, non-zero length; an (N, 1) regression output is squeezed."""
+    p = np.asarray(preds)
+    y = np.asarray(labels)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim != 1:
+        raise ValueError(f"predictions must be 1-D (class ids after argmax, or regression values), "
+                         f"got shape {p.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} predictions but {len(y)} labels")
+    if len(p) == 0:
+        raise ValueError("cannot compute a metric on zero examples")
+    return p, y
+
+
+def accuracy(preds: ArrayLike, labels: ArrayLike) -> float:
+    p, y = _as_vectors(preds, labels)
+    return float((p == y).mean())
+
+
+def f1(preds: ArrayLike, labels: ArrayLike) -> float:
+    """Binary F1 of the positive class 1 (MRPC "equivalent", QQP "duplicate")."""
+    p, y = _as_vectors(preds, labels)
+    return float(skm.f1_score(y, p, pos_label=1, average="binary", zero_division=0.0))
+
+
+def matthews_correlation(preds: ArrayLike, labels: ArrayLike) -> float:
+    p, y = _as_vectors(preds, labels)
+    return float(skm.matthews_corrcoef(y, p))
+
+
+def _correlation(fn: Callable, preds: ArrayLike, labels: ArrayLike) -> float:
+    p, y = _as_vectors(preds, labels)
+    p = p.astype(np.float64)
+    y = y.astype(np.float64)
+    if len(p) < 2 or np.all(p == p[0]) or np.all(y == y[0]):
+        return 0.0  # undefined (constant input): see module docstring
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        value = float(fn(p, y)[0])
+    return 0.0 if np.isnan(value) else value
+
+
+def pearson(preds: ArrayLike, labels: ArrayLike) -> float:
+    return _correlation(stats.pearsonr, preds, labels)
+
+
+def spearmanr(preds: ArrayLike, labels: ArrayLike) -> float:
+    return _correlation(stats.spearmanr, preds, labels)
+
+
+METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "matthews_correlation": matthews_correlation,
+    "pearson": pearson,
+    "spearmanr": spearmanr,
+}
+
+
+def get_metric(name: str) -> Callable[[ArrayLike, ArrayLike], float]:
+    """The GLUE metric function ``(preds, labels) -> float`` called ``name``."""
+    if name not in METRICS:
+        raise LpafError(f"unknown metric {name!r}; valid metrics: {', '.join(METRICS)} "
+                        f"(SQuAD exact_match/f1: use squad_metrics)")
+    return METRICS[name]
+
+
+def compute_metrics(task: TaskSpec, preds: ArrayLike, labels: ArrayLike) -> dict[str, float]:
+    """``{metric: value}`` with exactly the keys of ``task.metrics``, in reporting order.
+
+    ``preds`` are class ids (the caller takes the argmax of the logits) or regression values.
+    For MNLI call once per dev split; the caller prefixes the keys (``task.metric_keys()``).
+    """
+    if task.is_qa:
+        raise ValueError(f"task {task.name!r} is extractive QA; use squad_metrics")
+    return {name: get_metric(name)(preds, labels) for name in task.metrics}
+
+
+# --- SQuAD (official evaluate-v1.1.py; evaluate-v2.0.py for version_2) -------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def _token_f1(prediction: str, ground_truth: str, version_2: bool) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(ground_truth).split()
+    if version_2 and (not pred_tokens or not gold_tokens):
+        return float(pred_tokens == gold_tokens)  # v2.0: a no-answer scores 1 only against a no-answer
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _check_golds(ground_truths: Sequence[str]) -> None:
+    if isinstance(ground_truths, str) or len(ground_truths) == 0:
+        raise ValueError("ground_truths must be a non-empty list of answer strings")
+
+
+def squad_exact_match(prediction: str, ground_truths: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised gold answer, else 0.0."""
+    _check_golds(ground_truths)
+    norm = normalize_answer(prediction)
+    return float(any(norm == normalize_answer(g) for g in ground_truths))
+
+
+def squad_f1(prediction: str, ground_truths: Sequence[str], version_2: bool = False) -> float:
+    """Best token-level F1 over the gold answers (bag of normalised tokens), in [0, 1].
+
+    As in the official v1.1 script, an answer that normalises to nothing has F1 0 even against an
+    empty gold answer (while its exact match is 1); ``version_2`` applies the v2.0 rule instead.
+    """
+    _check_golds(ground_truths)
+    return max(_token_f1(prediction, g, version_2) for g in ground_truths)
+
+
+def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                  version_2: bool = False) -> dict[str, float]:
+    """``{"exact_match", "f1"}`` in percent, averaged over every question of ``references``.
+
+    A question without a prediction scores 0 (official behaviour, logged). With ``version_2``
+    (SQuAD 2.0), gold answers that normalise to nothing are dropped and a question left with none
+    is unanswerable: only the empty prediction is right.
+    """
+    if not references:
+        raise ValueError("no reference questions to score")
+    exact_total = f1_total = 0.0
+    missing = []
+    for qid, golds in references.items():
+        golds = list(golds)
+        if version_2:
+            golds = [g for g in golds if normalize_answer(g)] or [""]
+        elif not golds:
+            raise LpafError(f"question {qid!r} has no gold answer; SQuAD v1.1 needs at least one "
+                            f"(score SQuAD 2.0 data with version_2=True)")
+        if qid not in predictions:
+            missing.append(qid)
+            continue
+        exact_total += squad_exact_match(predictions[qid], golds)
+        f1_total += squad_f1(predictions[qid], golds, version_2=version_2)
+    if missing:
+        logger.warning("%d of %d questions have no prediction and score 0 (first: %s)",
+                       len(missing), len(references), missing[0])
+    n = len(references)
+    return {"exact_match": 100.0 * exact_total / n, "f1": 100.0 * f1_total / n}

@@ -1,0 +1,334 @@
+"""What every stage shares: data/run arguments, loading task data and models, evaluation, output.
+
+A stage reads top to bottom: parse -> validate -> load -> build -> run -> write metrics.json.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from lpaf.artifacts import METRICS_FILE, atomic_output_dir, require_complete, run_record, write_json
+from lpaf.errors import LpafError
+from lpaf.tasks import TaskSpec, get_task
+
+
+@dataclass
+class DataArgs:
+    task: str = field(metadata={"help": "task name (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad, squad_v2)"})
+    data: str | None = field(default=None, metadata={"help": "local data directory (default: the Hugging Face hub)"})
+    max_length: int = field(default=128, metadata={"help": "max tokens per example (SQuAD: window length, 384)"})
+    doc_stride: int = field(default=128, metadata={"help": "SQuAD window stride"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training examples"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N dev examples"})
+    cache_dir: str | None = field(default=None, metadata={"help": "tokenization cache (default $LPAF_CACHE or ~/.cache/lpaf)"})
+    revision: str | None = field(default=None, metadata={"help": "hub revision (commit/tag) of the data set"})
+
+    def __post_init__(self):
+        get_task(self.task)  # raises with the list of valid names
+        problems = []
+        if self.max_length < 8:
+            problems.append(f"--max-length must be >= 8 (got {self.max_length})")
+        for key in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                problems.append(f"--{key.replace('_', '-')} must be >= 1 (got {v})")
+        if problems:
+            raise LpafError("; ".join(problems))
+
+    @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+
+@dataclass
+class RunArgs:
+    seed: int = field(default=42, metadata={"help": "random seed (data order, dropout, sampling)"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where to run"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "training precision (CUDA)"})
+
+
+@dataclass
+class TaskData:
+    task: TaskSpec
+    train: Any | None  # tokenized features (datasets.Dataset)
+    eval: dict[str, Any]  # split -> tokenized features
+    eval_examples: dict[str, Any]  # split -> raw examples (QA post-processing needs them)
+    collator: Any
+    source: str
+    n_train_examples: int | None
+
+
+def load_task_data(data_args: DataArgs, tokenizer, with_train: bool = True) -> TaskData:
+    """Raw data -> cached features; ``max_*_samples`` select after the (shared) cached tokenization."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    from lpaf.data import load_raw, select_examples, tokenize_cached
+
+    task = data_args.spec
+    splits = (["train"] if with_train else []) + list(task.dev_splits)
+    raw = load_raw(task, data_args.data, splits, data_args.revision)
+    feats = tokenize_cached(task, raw, tokenizer, data_args.max_length, data_args.cache_dir, data_args.doc_stride)
+    train = None
+    n_train = None
+    if with_train:
+        train = select_examples(feats["train"], data_args.max_train_samples, task)
+        n_train = (min(data_args.max_train_samples or len(raw.splits["train"]), len(raw.splits["train"]))
+                   if task.is_qa else len(train))
+    evals, examples = {}, {}
+    for split in task.dev_splits:
+        evals[split] = select_examples(feats[split], data_args.max_eval_samples, task)
+        ex = raw.splits[split]
+        if data_args.max_eval_samples is not None:
+            ex = ex.select(range(min(data_args.max_eval_samples, len(ex))))
+        examples[split] = ex
+    collator = default_data_collator if task.is_qa else DataCollatorWithPadding(tokenizer)
+    return TaskData(task, train, evals, examples, collator, raw.source, n_train)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+def auto_class_for(task: TaskSpec):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    return AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A local model directory must hold a config and weights we can load safely."""
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id; transformers handles it
+    if not (p / "config.json").is_file():
+        raise LpafError(f"model directory {p} has no config.json")
+    if not any(p.glob("*.safetensors")):
+        raise LpafError(f"model directory {p} has no *.safetensors weights (lpaf loads safetensors only)")
+    for f in p.glob("*.safetensors"):
+        _check_safetensors_header(f)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Cheap integrity check: the header parses and the data section has the size it promises."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > size - 8:
+                raise ValueError("header longer than file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError("data section truncated")
+    except (ValueError, struct.error, KeyError, TypeError) as e:
+        raise LpafError(f"{path} is not a valid safetensors file ({e}); re-create or re-download it") from None
+
+
+def is_lowrank_dir(path: str | Path) -> bool:
+    """A compressed (factorized) model directory: config.json carries an ``lpaf_lowrank`` section."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "lpaf_lowrank" in json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        raise LpafError(f"{cfg} is not valid JSON") from None
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as e:
+        raise LpafError(_load_failure_message(path, "tokenizer", e)) from None
+
+
+def _load_failure_message(path: str, what: str, e: Exception) -> str:
+    if Path(path).exists():
+        return f"could not load the {what} from {path}: {str(e).splitlines()[0]}"
+    return (f"could not load the {what} {path!r} (not a local directory, and the hub is unreachable or has no such "
+            f"model); on a connected machine run 'lpaf fetch-model --model {path} --out DIR' and pass --model DIR")
+
+
+def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: str = "any",
+               num_labels_check: bool = True) -> nn.Module:
+    """Load a dense, pruned or factorized model for ``task``.
+
+    ``expect``: "pretrained" (any hub/local model; a task head is created), "lpaf" (an lpaf artifact:
+    requires metrics.json and a head that matches the task), "dense" (an lpaf artifact that is not
+    factorized), "factorized" (an lpaf low-rank artifact).
+    """
+    from transformers import AutoConfig
+
+    from lpaf.lowrank import load_model as load_lowrank
+
+    if expect != "pretrained":
+        require_complete(path, "model")
+    check_model_dir(path)
+    factorized = Path(path).is_dir() and is_lowrank_dir(path)
+    if expect == "factorized" and not factorized:
+        raise LpafError(f"{path} is not a factorized model (no lpaf_lowrank section in config.json); "
+                        f"run 'lpaf factorize' first")
+    if expect == "dense" and factorized:
+        raise LpafError(f"{path} is already factorized; pass a dense fine-tuned or pruned model")
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except OSError as e:
+        raise LpafError(_load_failure_message(path, "model", e)) from None
+    if expect != "pretrained" and num_labels_check and not task.is_qa:
+        if config.num_labels != task.num_labels:
+            raise LpafError(f"model {path} has {config.num_labels} labels but task {task.name} has "
+                            f"{task.num_labels}; pass a model fine-tuned on {task.name}")
+    if factorized:
+        return load_lowrank(path)
+    kwargs: dict[str, Any] = {"revision": revision}
+    if not task.is_qa:
+        kwargs["num_labels"] = task.num_labels
+        if task.is_regression:
+            kwargs["problem_type"] = "regression"
+    try:
+        model = auto_class_for(task).from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise LpafError(_load_failure_message(path, "model", e)) from None
+    except (ValueError, RuntimeError) as e:
+        raise LpafError(f"could not load model {path}: {str(e).splitlines()[0]}") from None
+    from lpaf.modules import find_encoder_linears
+
+    find_encoder_linears(model)  # fail early on models we cannot compress
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: nn.Module, features, collator, batch_size: int, device: str) -> dict[str, np.ndarray]:
+    from torch.utils.data import DataLoader
+
+    keep = [c for c in features.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+    loader = DataLoader(features.select_columns(keep), batch_size=batch_size, collate_fn=collator)
+    model.eval()
+    model.to(device)
+    outs: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        for key in ("logits", "start_logits", "end_logits"):
+            if getattr(out, key, None) is not None:
+                outs.setdefault(key, []).append(getattr(out, key).float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def evaluate_model(model: nn.Module, data: TaskData, batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
+    """Dev metrics with the official definitions; keys as in ``TaskSpec.metric_keys()``."""
+    from lpaf.data import postprocess_qa
+    from lpaf.metrics import compute_metrics, squad_metrics
+
+    task = data.task
+    was_training = model.training
+    result: dict[str, float] = {}
+    for split, feats in data.eval.items():
+        out = predict(model, feats, data.collator, batch_size, device)
+        if task.is_qa:
+            examples = data.eval_examples[split]
+            preds = postprocess_qa(examples, feats, out["start_logits"], out["end_logits"])
+            refs = {i: a["text"] for i, a in zip(examples["id"], examples["answers"])}
+            metrics = squad_metrics(preds, refs)
+        else:
+            labels = np.asarray(feats["labels"])
+            logits = out["logits"]
+            preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
+            metrics = compute_metrics(task, preds, labels)
+        prefix = f"{split}_" if len(task.dev_splits) > 1 else ""
+        result |= {f"{prefix}{k}": float(v) for k, v in metrics.items()}
+    model.train(was_training)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+def stage_metrics(stage: str, task: TaskSpec, metrics: dict[str, float], model: nn.Module, args: dict[str, Any],
+                  wall_time_s: float, data: TaskData | None = None, **extra: Any) -> dict[str, Any]:
+    """The common metrics.json body of every stage."""
+    from lpaf.modules import count_parameters, retained_percent
+
+    params = count_parameters(model)
+    return {
+        "stage": stage,
+        "task": task.name,
+        "split": list(task.dev_splits),
+        "metrics": metrics,
+        "headline_metric": task.headline_key,
+        "headline": metrics.get(task.headline_key),
+        "params": params,
+        "retained_percent": retained_percent(params),
+        "retained_percent_nonzero": retained_percent(params, "encoder_linear_nonzero"),
+        "seed": args.get("seed"),
+        "wall_time_s": wall_time_s,
+        "data_source": data.source if data else None,
+        "n_train_examples": data.n_train_examples if data else None,
+        "n_eval_examples": {s: len(e) for s, e in data.eval_examples.items()} if data else None,
+        **extra,
+        **run_record(args),
+    }
+
+
+def save_model_dir(directory: Path, model: nn.Module, tokenizer) -> None:
+    """A plain transformers checkpoint (safetensors) + tokenizer, loadable with from_pretrained."""
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def checkpoint_dir_for(out_dir: str | Path) -> Path:
+    """Training checkpoints live beside the output (not inside: the output appears atomically)."""
+    out = Path(out_dir)
+    return out.parent / f".{out.name}.checkpoints"
+
+
+def prepare_output(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LpafError(f"--out {out} exists and is not a directory")
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+    torch.use_deterministic_algorithms(False)
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def asdict_all(*objs) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in objs:
+        out |= asdict(o)
+    return out
+
+
+__all__ = [
+    "DataArgs", "RunArgs", "TaskData", "load_task_data", "load_model", "load_tokenizer", "evaluate_model",
+    "stage_metrics", "save_model_dir", "checkpoint_dir_for", "atomic_output_dir", "write_json", "METRICS_FILE",
+    "seed_everything", "now", "asdict_all", "prepare_output", "check_model_dir",
+]

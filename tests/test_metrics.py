@@ -1,0 +1,175 @@
+"""Metrics against values computed by hand on tiny arrays, and SQuAD normalisation edge cases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpaf import metrics
+from lpaf.errors import LpafError
+from lpaf.tasks import TASKS, get_task
+
+SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "v1.1" / "dev-v1.1.json"
+
+# preds [1,1,0,0,1] vs labels [1,0,0,1,1]: TP 2, TN 1, FP 1, FN 1.
+P5 = [1, 1, 0, 0, 1]
+Y5 = [1, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("name, preds, labels, expected", [
+    ("accuracy", [1, 0, 1, 1], [1, 1, 1, 0], 0.5),
+    ("accuracy", [0, 1, 2, 2], [0, 1, 2, 1], 0.75),  # 3 classes (MNLI)
+    ("f1", P5, Y5, 2 / 3),  # P = R = 2/3
+    ("f1", [0, 0, 1], [1, 0, 1], 2 / 3),  # P = 1, R = 1/2
+    ("f1", [0, 0, 0], [1, 0, 1], 0.0),  # nothing predicted positive
+    ("matthews_correlation", P5, Y5, 1 / 6),  # (2*1 - 1*1) / sqrt(3*3*2*2)
+    ("matthews_correlation", [1, 0, 1, 0], [0, 1, 0, 1], -1.0),
+    ("matthews_correlation", [1, 1, 1, 1], [0, 1, 0, 1], 0.0),  # constant prediction
+    ("pearson", [1.0, 2.0, 3.0], [1.0, 2.0, 4.0], 9 / math.sqrt(84)),  # cov 3, |dx| sqrt2, |dy| sqrt(42)/3
+    ("pearson", [[1.0], [2.0], [3.0]], [2.0, 4.0, 6.0], 1.0),  # (N, 1) regression output
+    ("pearson", [2.5, 2.5, 2.5], [1.0, 2.0, 4.0], 0.0),  # constant prediction: defined as 0
+    ("spearmanr", [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0], 0.8),  # 1 - 6*2/(4*15)
+    ("spearmanr", [1.0, 2.0, 3.0], [9.0, 4.0, 1.0], -1.0),
+    ("spearmanr", [0.0, 0.0, 0.0], [1.0, 2.0, 3.0], 0.0),
+])
+def test_glue_metric_values(name, preds, labels, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined cases must not warn either
+        value = metrics.get_metric(name)(preds, labels)
+    assert type(value) is float
+    assert value == pytest.approx(expected, abs=1e-12)
+
+
+def test_numpy_inputs_give_python_floats():
+    value = metrics.accuracy(np.array([1, 0]), np.array([1, 1]))
+    assert type(value) is float and value == 0.5
+
+
+@pytest.mark.parametrize("preds, labels, match", [
+    (np.zeros((3, 2)), [0, 1, 0], "class ids"),
+    ([0, 1], [0, 1, 1], "2 predictions but 3 labels"),
+    ([], [], "zero examples"),
+])
+def test_bad_shapes_raise(preds, labels, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.accuracy(preds, labels)
+
+
+@pytest.mark.parametrize("task, expected", [
+    ("mrpc", {"f1": 2 / 3, "accuracy": 0.6}),
+    ("qqp", {"accuracy": 0.6, "f1": 2 / 3}),
+    ("cola", {"matthews_correlation": 1 / 6}),
+    ("sst2", {"accuracy": 0.6}),
+    ("rte", {"accuracy": 0.6}),
+])
+def test_compute_metrics_classification(task, expected):
+    result = metrics.compute_metrics(get_task(task), P5, Y5)
+    assert list(result) == list(get_task(task).metrics)
+    assert result == pytest.approx(expected)
+
+
+def test_compute_metrics_regression():
+    result = metrics.compute_metrics(get_task("stsb"), np.array([[1.0], [2.0], [3.0], [4.0]]),
+                                     [1.0, 3.0, 2.0, 4.0])
+    assert list(result) == ["pearson", "spearmanr"]
+    assert result["pearson"] == pytest.approx(0.8)  # dx = dy up to a swap: 4/5
+    assert result["spearmanr"] == pytest.approx(0.8)
+
+
+def test_compute_metrics_covers_every_glue_task():
+    for task in TASKS.values():
+        if task.is_qa:
+            with pytest.raises(ValueError, match="squad_metrics"):
+                metrics.compute_metrics(task, [0], [0])
+            continue
+        labels = [0, 1, 1, 0, 1] if not task.is_regression else [0.5, 1.0, 3.0, 2.0, 4.5]
+        result = metrics.compute_metrics(task, labels, labels)
+        assert list(result) == list(task.metrics)
+        assert all(v == pytest.approx(1.0) for v in result.values())
+
+
+def test_unknown_metric_lists_valid_names():
+    with pytest.raises(LpafError, match="unknown metric 'bleu'; valid metrics: accuracy, f1, "
+                                        "matthews_correlation, pearson, spearmanr"):
+        metrics.get_metric("bleu")
+
+
+# --- SQuAD -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [
+    ("The Cat", "cat"),
+    ("  Hello\tWorld \n", "hello world"),
+    ("an apple, a pear and THE plum.", "apple pear and plum"),
+    ("theater anthem", "theater anthem"),  # articles only as whole words
+    ("(the) cat", "cat"),  # punctuation goes before articles
+    ("U.S.A.", "usa"),
+    ("don't", "dont"),
+    ("«hi»", "«hi»"),  # only ASCII punctuation, as in the official script
+    ("", ""),
+    ("The", ""),
+    ("1,000", "1000"),
+])
+def test_normalize_answer(raw, expected):
+    assert metrics.normalize_answer(raw) == expected
+
+
+@pytest.mark.parametrize("prediction, golds, em, f1", [
+    ("the Cat", ["cat", "dog"], 1.0, 1.0),
+    ("the cat sat", ["cat sat on mat"], 0.0, 2 / 3),  # P 1, R 1/2
+    ("the cat sat", ["cat sat on mat", "a cat sat"], 1.0, 1.0),  # max over gold answers
+    ("cat cat", ["cat"], 0.0, 2 / 3),  # bag of tokens: common = min count = 1; P 1/2, R 1
+    ("dog", ["cat", "mouse"], 0.0, 0.0),
+    ("", [""], 1.0, 0.0),  # official v1.1: empty answers match exactly but have F1 0
+    ("the", ["a"], 1.0, 0.0),
+])
+def test_squad_single_question(prediction, golds, em, f1):
+    assert metrics.squad_exact_match(prediction, golds) == em
+    assert metrics.squad_f1(prediction, golds) == pytest.approx(f1)
+
+
+def test_squad_v2_empty_answers():
+    assert metrics.squad_f1("", [""], version_2=True) == 1.0
+    assert metrics.squad_f1("cat", [""], version_2=True) == 0.0
+
+
+@pytest.mark.parametrize("golds", [[], "cat"])
+def test_squad_needs_a_list_of_golds(golds):
+    with pytest.raises(ValueError, match="non-empty list"):
+        metrics.squad_f1("cat", golds)
+
+
+def test_squad_metrics_percent_and_missing(caplog):
+    refs = {"q1": ["Paris"], "q2": ["cat sat on mat"], "q3": ["never answered"]}
+    preds = {"q1": "paris.", "q2": "the cat sat"}
+    with caplog.at_level(logging.WARNING, logger="lpaf.metrics"):
+        result = metrics.squad_metrics(preds, refs)
+    assert result == pytest.approx({"exact_match": 100 / 3, "f1": 100 * (1 + 2 / 3) / 3})
+    assert "1 of 3 questions have no prediction" in caplog.text
+
+
+def test_squad_metrics_unanswerable():
+    refs = {"q1": [], "q2": ["cat"]}
+    with pytest.raises(LpafError, match="question 'q1' has no gold answer"):
+        metrics.squad_metrics({"q1": "", "q2": "cat"}, refs)
+    result = metrics.squad_metrics({"q1": "", "q2": "cat"}, refs, version_2=True)
+    assert result == {"exact_match": 100.0, "f1": 100.0}
+
+
+@pytest.mark.skipif(not SQUAD_DEV.is_file() and not os.environ.get("CI"), reason="needs ../shared")
+def test_squad_dev_gold_scores_100():
+    """The official dev set scored against its own first answers gives 100 / 100."""
+    data = json.loads(SQUAD_DEV.read_text())["data"]
+    refs = {qa["id"]: [a["text"] for a in qa["answers"]]
+            for article in data for para in article["paragraphs"] for qa in para["qas"]}
+    assert len(refs) == 10570
+    result = metrics.squad_metrics({qid: golds[0] for qid, golds in refs.items()}, refs)
+    assert result == {"exact_match": 100.0, "f1": 100.0}
+    wrong = metrics.squad_metrics({qid: "" for qid in refs}, refs)
+    assert wrong["f1"] == 0.0  # an empty answer never overlaps (v1.1)
