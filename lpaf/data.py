@@ -255,6 +255,13 @@ def _check_labels(task: TaskSpec, ds, path: Path) -> None:
                         f"{task.name} (accepted: 0..{task.num_labels - 1})")
 
 
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
 def load_raw(task: TaskSpec, data: str | None, splits: list[str], revision: str | None = None) -> RawData:
     """Raw examples for ``splits`` (canonical names: train, validation[_matched|_mismatched]).
 
@@ -262,6 +269,7 @@ def load_raw(task: TaskSpec, data: str | None, splits: list[str], revision: str 
     """
     import datasets
 
+    _quiet_datasets()
     if data is not None:
         data_dir = Path(data)
         if not data_dir.exists():
@@ -317,7 +325,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # call-time state, changed by every tokenizer(...) call
+        spec.pop("padding", None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return h.hexdigest()[:16]

@@ -16,6 +16,7 @@ SIGTERM/SIGINT (what SLURM sends at a time limit or preemption) saves a checkpoi
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import time
@@ -201,6 +202,10 @@ class SignalCheckpoint(TrainerCallback):
         self.signal_received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
+        # Fault injection for the resume tests: behave as if SLURM sent SIGTERM after step N.
+        fault_step = os.environ.get("LPAF_FAULT_SIGTERM_AT_STEP")
+        if fault_step and state.global_step == int(fault_step) and self.signal_received is None:
+            self.signal_received = signal.SIGTERM
         if self.signal_received is not None:
             control.should_save = True
             control.should_training_stop = True

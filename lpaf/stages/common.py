@@ -173,8 +173,6 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
     """
     from transformers import AutoConfig
 
-    from lpaf.lowrank import load_model as load_lowrank
-
     if expect != "pretrained":
         require_complete(path, "model")
     check_model_dir(path)
@@ -193,6 +191,8 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
             raise LpafError(f"model {path} has {config.num_labels} labels but task {task.name} has "
                             f"{task.num_labels}; pass a model fine-tuned on {task.name}")
     if factorized:
+        from lpaf.lowrank import load_model as load_lowrank
+
         return load_lowrank(path)
     kwargs: dict[str, Any] = {"revision": revision}
     if not task.is_qa:

@@ -1,0 +1,195 @@
+"""Stage 3: re-train a factorized model — plain, mixed-rank (LPAF) or rank-sampling.
+
+Reads a factorized directory (``lpaf factorize``), trains it with the task loss and distillation
+from the teacher, and writes the final compressed model (no full-rank weight) and metrics.json:
+dev metrics at the end and at the best dev evaluation, the p(t) schedule used, parameter counts,
+wall time and step-time figures (during the anneal and after it, so the cost of the full-rank
+branch is visible).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import TrainerCallback
+
+from lpaf.artifacts import read_json, require_complete
+from lpaf.errors import LpafError
+from lpaf.mixed_rank import SOURCE_WEIGHTS_FILE, AnnealSchedule
+from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
+                                is_lowrank_dir, load_model, load_task_data, load_tokenizer, now, prepare_output,
+                                seed_everything, stage_metrics, write_json, METRICS_FILE)
+from lpaf.training import TrainArgs, resolve_device, train_model
+
+RetrainScheme = Literal["plain", "mixed-rank", "rank-sampling"]
+
+
+@dataclass
+class RetrainArgs:
+    model: str = field(metadata={"help": "factorized model directory (from 'lpaf factorize')"})
+    out: str = field(metadata={"help": "output directory (compressed model + metrics.json)"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher model directory (the fine-tuned dense "
+                                                                "model) for distillation; needed unless "
+                                                                "--distill-alpha 0"})
+    scheme: RetrainScheme = field(default="mixed-rank", metadata={
+        "help": "plain: fine-tune the factors; mixed-rank: each module runs its full-rank source matrix with "
+                "probability p(t) (LPAF); rank-sampling: each module runs rank r' > r with probability p(t)"})
+    p0: float = field(default=1.0, metadata={"help": "p(t) at the first step (mixed-rank, rank-sampling)"})
+    anneal_fraction: float = field(default=0.5, metadata={"help": "fraction of the steps over which p(t) falls "
+                                                                  "to 0; later steps use A·B only"})
+    anneal: Literal["linear", "cosine"] = field(default="linear", metadata={"help": "shape of the p(t) decay"})
+    trainable_source: bool = field(default=False, metadata={"help": "train the full-rank source matrices too "
+                                                                    "(pruned entries stay zero); default frozen"})
+    max_rank_multiple: float = field(default=2.0, metadata={"help": "rank-sampling: factors over-parameterized "
+                                                                    "up to this multiple of each rank"})
+    eval_every_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
+
+    def __post_init__(self):
+        problems = []
+        if self.scheme not in ("plain", "mixed-rank", "rank-sampling"):
+            problems.append(f"--scheme must be plain, mixed-rank or rank-sampling (got {self.scheme!r})")
+        try:
+            self.schedule()
+        except LpafError as e:
+            problems.append(str(e))
+        if not self.max_rank_multiple > 1.0:
+            problems.append(f"--max-rank-multiple must be > 1 (got {self.max_rank_multiple})")
+        if self.eval_every_steps < 0:
+            problems.append(f"--eval-every-steps must be >= 0 (got {self.eval_every_steps})")
+        if problems:
+            raise LpafError("; ".join(problems))
+
+    def schedule(self) -> AnnealSchedule:
+        return AnnealSchedule(self.p0, self.anneal_fraction, self.anneal)
+
+
+def _check_inputs(args: RetrainArgs, train_args: TrainArgs) -> None:
+    """Every problem with the input directories, reported together before anything loads."""
+    problems = []
+    try:
+        require_complete(args.model, "model")
+        if not is_lowrank_dir(args.model):
+            problems.append(f"{args.model} is not a factorized model (no lpaf_lowrank section in its config.json); "
+                            f"run 'lpaf factorize' first")
+        elif args.scheme != "plain" and not (Path(args.model) / SOURCE_WEIGHTS_FILE).is_file():
+            problems.append(f"{Path(args.model) / SOURCE_WEIGHTS_FILE} is missing: --scheme {args.scheme} needs "
+                            f"the full-rank source matrices that 'lpaf factorize' writes; re-run factorize or "
+                            f"use --scheme plain")
+    except LpafError as e:
+        problems.append(str(e))
+    if train_args.distill_alpha > 0:
+        if args.teacher is None:
+            problems.append(f"--teacher is required when --distill-alpha > 0 (got {train_args.distill_alpha}); "
+                            f"pass the fine-tuned dense model or --distill-alpha 0")
+        else:
+            try:
+                require_complete(args.teacher, "teacher")
+            except LpafError as e:
+                problems.append(str(e))
+    if problems:
+        raise LpafError("; ".join(problems))
+
+
+class PhaseStepTimer(TrainerCallback):
+    """Step wall times split at the end of the anneal: the full-rank branch costs only before it."""
+
+    def __init__(self, schedule: AnnealSchedule):
+        self.schedule = schedule
+        self.times: dict[str, list[float]] = {"anneal": [], "after_anneal": []}
+        self._t0: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is None:
+            return
+        step = state.global_step - 1  # the step that just ran
+        phase = "anneal" if step < self.schedule.anneal_steps(state.max_steps) else "after_anneal"
+        if step > 0:  # the first step warms up allocators and caches
+            self.times[phase].append(time.perf_counter() - self._t0)
+
+    def summary(self) -> dict[str, Any]:
+        import numpy as np
+
+        out: dict[str, Any] = {}
+        for phase, t in self.times.items():
+            out[f"{phase}_steps_timed"] = len(t)
+            out[f"{phase}_step_time_s_median"] = float(np.median(t)) if t else None
+            out[f"{phase}_step_time_s_mean"] = float(np.mean(t)) if t else None
+        return out
+
+
+def _source_record(model_dir: str) -> dict[str, Any]:
+    """What the factorized input says about itself (density, method), carried into our metrics."""
+    rec = read_json(Path(model_dir) / METRICS_FILE)
+    return {k: rec.get(k) for k in ("method", "density", "factorizer", "retained_percent") if k in rec}
+
+
+def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: TrainArgs) -> dict:
+    from lpaf.lowrank import save_lowrank_model
+    from lpaf.mixed_rank import (MixedRankScheduler, attach_mixed_rank, attach_rank_sampling, detach,
+                                 load_source_weights)
+
+    out = prepare_output(args.out)
+    task = data_args.spec
+    _check_inputs(args, train_args)
+    device = resolve_device(run_args.device)
+    seed_everything(run_args.seed)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, task, expect="factorized")
+    teacher = load_model(args.teacher, task, expect="lpaf") if train_args.distill_alpha > 0 else None
+    source_info = _source_record(args.model)
+    data = load_task_data(data_args, tokenizer)
+
+    schedule = args.schedule()
+    timer = PhaseStepTimer(schedule)
+    callbacks: list[TrainerCallback] = [timer]
+    scheduler = None
+    if args.scheme != "plain":
+        sources = load_source_weights(args.model)
+        if args.scheme == "mixed-rank":
+            wrapped = attach_mixed_rank(model, sources, args.trainable_source)
+        else:
+            wrapped = attach_rank_sampling(model, sources, args.max_rank_multiple)
+        del sources
+        # A stream of its own, derived from the run seed, so sampling never shifts dropout or data order.
+        scheduler = MixedRankScheduler(wrapped, schedule, seed=run_args.seed + 7919, scheme=args.scheme)
+        callbacks.insert(0, scheduler)
+
+    t0 = now()
+    stats = train_model(model, task, data.train, data.collator, train_args, checkpoint_dir_for(out),
+                        seed=run_args.seed, device=run_args.device, precision=run_args.precision, teacher=teacher,
+                        callbacks=callbacks,
+                        evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
+                        eval_every_steps=args.eval_every_steps)
+    detached = detach(model)
+    metrics = evaluate_model(model, data, train_args.eval_batch_size, device)
+    stats["step_time_by_phase"] = timer.summary()
+    extra: dict[str, Any] = {
+        "method": f"retrain-{args.scheme}",
+        "scheme": args.scheme,
+        "source": {"model": args.model, **source_info},
+        "density": source_info.get("density"),
+        "best_eval": stats.get("best_eval"),
+        "schedule": scheduler.summary() if scheduler else None,
+        "modules_detached": detached,
+        "teacher": args.teacher if teacher is not None else None,
+        "train": stats,
+    }
+    record = stage_metrics("retrain", task, metrics, model, asdict_all(args, data_args, run_args, train_args),
+                           now() - t0, data, **extra)
+    with atomic_output_dir(out) as tmp:
+        save_lowrank_model(model.cpu(), tmp, tokenizer)
+        write_json(tmp / METRICS_FILE, record)  # last: the completion record
+    _cleanup_checkpoints(out)
+    return record
+
+
+def _cleanup_checkpoints(out) -> None:
+    import shutil
+
+    shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)

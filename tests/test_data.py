@@ -1,0 +1,242 @@
+"""Data loading in every local layout, for all tasks; validation errors; tokenization cache; QA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, requires_shared, write_glue_task, write_squad_json
+from lpaf.data import (load_raw, postprocess_qa, read_glue_tsv, select_examples, tokenize_cached)
+from lpaf.errors import LpafError
+from lpaf.tasks import TASKS, get_task
+
+GLUE = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
+
+
+@pytest.mark.parametrize("name", GLUE)
+def test_glue_tsv_layout_every_task(glue_dir, name):
+    task = get_task(name)
+    raw = load_raw(task, str(glue_dir), ["train", *task.dev_splits])
+    assert raw.source.startswith("glue-tsv:")
+    assert len(raw.splits["train"]) == 64
+    for split in task.dev_splits:
+        ds = raw.splits[split]
+        assert len(ds) == 24
+        for field in task.text_fields:
+            assert isinstance(ds[0][field], str) and ds[0][field]
+    labels = np.asarray(raw.splits["train"]["label"])
+    if task.is_regression:
+        assert labels.dtype.kind == "f" and labels.min() >= 0 and labels.max() <= 5
+    else:
+        assert set(labels.tolist()) <= set(range(task.num_labels))
+
+
+@pytest.mark.parametrize("name", GLUE)
+def test_parquet_and_save_to_disk_layouts_match_tsv(glue_dir, tmp_path, name):
+    import datasets
+
+    task = get_task(name)
+    splits = ["train", *task.dev_splits]
+    tsv = load_raw(task, str(glue_dir), splits)
+    pq_root = tmp_path / "pq"
+    for split, ds in tsv.splits.items():
+        (pq_root / name / split).mkdir(parents=True)
+        ds.to_parquet(str(pq_root / name / split / "0000.parquet"))
+    pq = load_raw(task, str(pq_root), splits)
+    assert pq.source.startswith("parquet:")
+    disk = tmp_path / "disk"
+    datasets.DatasetDict(tsv.splits).save_to_disk(str(disk / name))
+    saved = load_raw(task, str(disk), splits)
+    assert saved.source.startswith("save_to_disk:")
+    for split in splits:
+        for other in (pq, saved):
+            assert other.splits[split][task.text_fields[0]] == tsv.splits[split][task.text_fields[0]]
+            assert other.splits[split]["label"] == tsv.splits[split]["label"]
+
+
+def test_cola_raw_layout_concatenates_in_and_out_of_domain_dev(tmp_path):
+    task = get_task("cola")
+    write_glue_task(tmp_path / "g", "cola")
+    raw_dir = tmp_path / "c" / "CoLA" / "cola_public_1.0" / "raw"
+    raw_dir.mkdir(parents=True)
+    src = (tmp_path / "g" / "CoLA")
+    (raw_dir / "in_domain_train.tsv").write_text((src / "train.tsv").read_text())
+    (raw_dir / "in_domain_dev.tsv").write_text((src / "dev.tsv").read_text())
+    (raw_dir / "out_of_domain_dev.tsv").write_text((src / "dev.tsv").read_text())
+    raw = load_raw(task, str(tmp_path / "c"), ["train", "validation"])
+    assert raw.source.startswith("cola-raw:")
+    assert len(raw.splits["validation"]) == 48
+
+
+def test_squad_json_layout(squad_dir):
+    task = get_task("squad")
+    raw = load_raw(task, str(squad_dir), ["train", "validation"])
+    ex = raw.splits["validation"][0]
+    assert set(ex) >= {"id", "context", "question", "answers"}
+    assert ex["context"][ex["answers"]["answer_start"][0]:].startswith(ex["answers"]["text"][0])
+
+
+def test_all_nine_tasks_registered():
+    assert {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad"} <= set(TASKS)
+    assert get_task("mnli").metric_keys() == ["validation_matched_accuracy", "validation_mismatched_accuracy"]
+    assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
+    assert get_task("SST-2").name == "sst2"
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(LpafError, match="unknown task 'foo'; valid tasks: cola, sst2"):
+        get_task("foo")
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_files_name_expected_path_and_layouts(tmp_path):
+    with pytest.raises(LpafError, match=r"no rte data with split\(s\) train, validation under .*accepted layouts"):
+        load_raw(get_task("rte"), str(tmp_path), ["train", "validation"])
+    with pytest.raises(LpafError, match="data directory not found"):
+        load_raw(get_task("rte"), str(tmp_path / "nope"), ["train"])
+
+
+def test_tsv_missing_column(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    (d / "train.tsv").write_text("text\tlabel\nhello\t1\n")
+    with pytest.raises(LpafError, match=r"train.tsv: missing column\(s\) sentence; header has text, label"):
+        read_glue_tsv(get_task("sst2"), d / "train.tsv")
+
+
+def test_label_outside_label_set(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    (d / "train.tsv").write_text("sentence\tlabel\nfine\t1\nbad\t7\n")
+    with pytest.raises(LpafError, match=r"train.tsv row 3: label '7' is outside the label set of sst2"):
+        read_glue_tsv(get_task("sst2"), d / "train.tsv")
+
+
+def test_short_row_names_row(tmp_path):
+    d = tmp_path / "RTE"
+    d.mkdir()
+    (d / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly\n")
+    with pytest.raises(LpafError, match="dev.tsv row 3: expected at least 4 tab-separated columns, found 2"):
+        read_glue_tsv(get_task("rte"), d / "dev.tsv")
+
+
+def test_empty_split(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    (d / "train.tsv").write_text("sentence\tlabel\n")
+    (d / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    with pytest.raises(LpafError, match="split 'train' of sst2 in .* is empty"):
+        load_raw(get_task("sst2"), str(tmp_path), ["train", "validation"])
+
+
+def test_quoting_off_and_bom(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    (d / "train.tsv").write_text('\ufeffsentence\tlabel\n"quoted start\t1\nit\'s "fine"\t0\n', encoding="utf-8")
+    cols = read_glue_tsv(get_task("sst2"), d / "train.tsv")
+    assert cols["sentence"] == ['"quoted start', 'it\'s "fine"']
+
+
+def test_hub_unreachable_gives_fetch_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LpafError, match="lpaf fetch-data --task rte --out DIR"):
+        load_raw(get_task("rte"), None, ["train"])
+
+
+# ---------------------------------------------------------------- tokenization
+
+def _tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_tokenization_cache_is_reused(glue_dir, tiny_model, tmp_path, monkeypatch):
+    import lpaf.data as data
+
+    task = get_task("mrpc")
+    tok = _tokenizer(tiny_model)
+    raw = load_raw(task, str(glue_dir), ["train", "validation"])
+    calls = []
+    real = data.tokenize_split
+    monkeypatch.setattr(data, "tokenize_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = tokenize_cached(task, raw, tok, 32, tmp_path / "cache")
+    assert len(calls) == 2
+    second = tokenize_cached(task, load_raw(task, str(glue_dir), ["train", "validation"]), tok, 32, tmp_path / "cache")
+    assert len(calls) == 2, "second call must load from the cache, not re-tokenize"
+    assert first["train"]["input_ids"] == second["train"]["input_ids"]
+    tokenize_cached(task, raw, tok, 16, tmp_path / "cache")  # a new max length is a new key
+    assert len(calls) == 4
+
+
+def test_max_samples_select_examples_clamped(glue_dir, tiny_model, tmp_path):
+    task = get_task("sst2")
+    feats = tokenize_cached(task, load_raw(task, str(glue_dir), ["train"]), _tokenizer(tiny_model), 32, tmp_path)
+    assert len(select_examples(feats["train"], 10, task)) == 10
+    assert len(select_examples(feats["train"], 10_000, task)) == 64
+
+
+def test_squad_windows_and_postprocessing_recover_gold(squad_dir, tiny_model, tmp_path):
+    task = get_task("squad")
+    tok = _tokenizer(tiny_model)
+    raw = load_raw(task, str(squad_dir), ["train", "validation"])
+    feats = tokenize_cached(task, raw, tok, 24, tmp_path, doc_stride=8)
+    train = feats["train"]
+    assert len(train) > len(raw.splits["train"]), "long contexts must be split into several windows"
+    # a train window that contains the answer points at the answer tokens
+    ex0 = raw.splits["train"][0]
+    for f in train:
+        if f["example_index"] == 0 and f["start_positions"] > 0:
+            span = tok.decode(f["input_ids"][f["start_positions"]:f["end_positions"] + 1])
+            assert span == ex0["answers"]["text"][0]
+            break
+    else:
+        pytest.fail("no window holds the answer")
+    # perfect logits on the eval windows -> the gold answer text
+    ev, examples = feats["validation"], raw.splits["validation"]
+    start = np.full((len(ev), 24), -10.0)
+    end = np.full((len(ev), 24), -10.0)
+    for i, f in enumerate(ev):
+        ex = examples[f["example_index"]]
+        a0 = ex["answers"]["answer_start"][0]
+        a1 = a0 + len(ex["answers"]["text"][0])
+        for k, off in enumerate(f["offset_mapping"]):
+            if off is not None and off[0] == a0:
+                start[i, k] = 10.0
+            if off is not None and off[1] == a1:
+                end[i, k] = 10.0
+    preds = postprocess_qa(examples, ev, start, end)
+    assert preds == {e["id"]: e["answers"]["text"][0] for e in examples}
+
+
+# ---------------------------------------------------------------- real data
+
+def _squash(text: str) -> str:
+    # whitespace and control characters (one MRPC train sentence has a \x12 the export dropped)
+    return "".join(ch for ch in text if ch.isprintable() and not ch.isspace())
+
+
+@requires_shared()
+def test_mrpc_same_examples_from_tsv_and_parquet():
+    task = get_task("mrpc")
+    tsv = load_raw(task, str(SHARED_DATA / "glue"), ["train", "validation"])
+    pq = load_raw(task, str(SHARED_DATA / "glue_hf_parquet"), ["train", "validation"])
+    assert tsv.source.startswith("glue-tsv") and pq.source.startswith("parquet")
+    for split, n in (("train", 3668), ("validation", 408)):
+        a, b = tsv.splits[split], pq.splits[split]
+        assert len(a) == len(b) == n
+        # The hub export re-spaced the text around punctuation (`brother ,` vs `brother,`);
+        # the printable characters and their order are the same.
+        for col in ("sentence1", "sentence2"):
+            assert [_squash(x) for x in a[col]] == [_squash(x) for x in b[col]]
+        assert a["label"] == b["label"]
+
+
+@requires_shared()
+def test_shared_layouts_found_from_data_root():
+    for name, n_dev in (("sst2", 872), ("mrpc", 408), ("cola", 1043)):
+        raw = load_raw(get_task(name), str(SHARED_DATA), ["train", "validation"])
+        assert len(raw.splits["validation"]) == n_dev
+    raw = load_raw(get_task("qnli"), str(SHARED_DATA), ["validation"])
+    assert raw.source.startswith("parquet") and len(raw.splits["validation"]) == 5463
