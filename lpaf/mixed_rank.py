@@ -421,7 +421,7 @@ class MixedRankScheduler(TrainerCallback):
             "total_steps": total,
             "anneal_steps": self.schedule.anneal_steps(total),
             "p_points": self.schedule.sample_points(total),
-            "first_step_with_p0": anneal_end,
+            "first_step_with_p_zero": anneal_end,
             "modules": n,
             "expanded_fraction_overall": (sum(r[2] for r in self.log) / (n * len(self.log))) if self.log else None,
             "by_quarter": quarters,

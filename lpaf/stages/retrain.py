@@ -158,7 +158,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         del sources
         # A stream of its own, derived from the run seed, so sampling never shifts dropout or data order.
         scheduler = MixedRankScheduler(wrapped, schedule, seed=run_args.seed + 7919, scheme=args.scheme)
-        callbacks.insert(0, scheduler)
+        callbacks.append(scheduler)  # after the timer: the resampling cost counts in the step time
 
     t0 = now()
     stats = train_model(model, task, data.train, data.collator, train_args, checkpoint_dir_for(out),

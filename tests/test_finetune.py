@@ -1,0 +1,153 @@
+"""The finetune / evaluate stages through the real CLI, resume, and CLI bad input."""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+from conftest import make_tiny_model
+from lpaf.cli import main
+
+QUICK = ["--max-length", "32", "--batch-size", "8", "--epochs", "1", "--seed", "1", "--device", "cpu"]
+
+
+def _run(argv: list) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb", "mnli", "cola"])
+def test_finetune_then_evaluate_every_head(tmp_path, glue_dir, task):
+    labels = {"stsb": 1, "mnli": 3}.get(task, 2)
+    model = make_tiny_model(tmp_path / "m", num_labels=labels)
+    out = tmp_path / "ft"
+    assert _run(["finetune", "--model", model, "--task", task, "--data", glue_dir, "--out", out, *QUICK]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    from lpaf.tasks import get_task
+
+    spec = get_task(task)
+    assert set(m["metrics"]) == set(spec.metric_keys())
+    assert m["headline_metric"] == spec.headline_key and m["headline"] == m["metrics"][spec.headline_key]
+    assert m["params"]["encoder_linear"] == 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    for key in ("seed", "wall_time_s", "versions", "args", "config_hash", "train", "n_train_examples"):
+        assert key in m
+    assert m["versions"]["torch"] and m["args"]["task"] == task
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    assert not (tmp_path / ".ft.checkpoints").exists(), "checkpoints are removed once the artifact is complete"
+    ev = tmp_path / "eval.json"
+    assert _run(["evaluate", "--model", out, "--task", task, "--data", glue_dir, "--out", ev, "--max-length", 32,
+                 "--device", "cpu"]) == 0
+    e = json.loads(ev.read_text())
+    assert e["metrics"] == pytest.approx(m["metrics"])
+
+
+def test_finetune_squad_end_to_end(tmp_path, squad_dir):
+    model = make_tiny_model(tmp_path / "m", qa=True)
+    out = tmp_path / "ft"
+    assert _run(["finetune", "--model", model, "--task", "squad", "--data", squad_dir, "--out", out,
+                 "--doc-stride", "8", *QUICK]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["metrics"]) == {"exact_match", "f1"}
+    assert 0.0 <= m["metrics"]["exact_match"] <= m["metrics"]["f1"] <= 100.0
+
+
+def test_resume_after_sigterm_matches_uninterrupted(tmp_path, glue_dir, monkeypatch, capsys):
+    model = make_tiny_model(tmp_path / "m")
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-length", 32,
+            "--batch-size", 8, "--epochs", 2, "--seed", 3, "--device", "cpu", "--save-steps", 4]
+    assert _run([*args, "--out", tmp_path / "full"]) == 0
+    monkeypatch.setenv("LPAF_FAULT_SIGTERM_AT_STEP", "6")
+    assert _run([*args, "--out", tmp_path / "cut"]) == 75
+    err = capsys.readouterr().err
+    assert "received SIGTERM; checkpoint saved at step 6" in err
+    assert not (tmp_path / "cut").exists(), "an interrupted stage leaves no artifact"
+    monkeypatch.delenv("LPAF_FAULT_SIGTERM_AT_STEP")
+    assert _run([*args, "--out", tmp_path / "cut"]) == 0
+    assert "resuming from checkpoint" in capsys.readouterr().out
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut["train"]["resumed_from_step"] == 6
+    assert cut["train"]["train_steps"] == full["train"]["train_steps"] == 16
+    assert cut["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-5, k
+
+
+def test_help_lists_stages(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for stage in ("finetune", "evaluate", "prune", "factorize", "retrain", "rank-study", "fetch-data", "fetch-model"):
+        assert stage in out
+
+
+def _exit_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse errors
+        return e.code
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["finetune", "--task", "nope"], r"unknown task 'nope'; valid tasks: cola, sst2"),
+    (["finetune", "--task", "sst2", "--epochs", "abc"], r"argument --epochs: invalid float value: 'abc'"),
+    (["finetune", "--task", "sst2", "--device", "tpu"], r"argument --device: invalid choice: 'tpu'"),
+    (["finetune", "--task", "sst2", "--distill-alpha", "1.5"], r"--distill-alpha must be in \[0, 1\] \(got 1.5\)"),
+    (["finetune", "--task", "sst2", "--max-train-samples", "0"], r"--max-train-samples must be >= 1"),
+    (["finetune", "--task", "sst2", "--data", "{missing}"], r"data directory not found: .*missing"),
+    (["finetune", "--task", "rte", "--data", "{glue_dir_empty}"], r"no rte data with split\(s\) train, validation"),
+    (["finetune", "--task", "sst2", "--model", "{noweights}"], r"model directory .*noweights has no \*.safetensors"),
+    (["finetune", "--task", "sst2", "--model", "{truncated}"], r"model.safetensors is not a valid safetensors file"),
+])
+def test_cli_bad_input_one_line_exit_2(tmp_path, glue_dir, capsys, argv, pattern):
+    model = make_tiny_model(tmp_path / "fixtures" / "m")
+    noweights = tmp_path / "fixtures" / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text((model / "config.json").read_text())
+    truncated = tmp_path / "fixtures" / "truncated"
+    truncated.mkdir()
+    for f in model.iterdir():
+        (truncated / f.name).write_bytes(f.read_bytes())
+    data = (model / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    incomplete = tmp_path / "fixtures" / "incomplete"
+    incomplete.mkdir()
+    for f in model.iterdir():
+        (incomplete / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "fixtures" / "empty_data").mkdir()
+    subs = {"{missing}": str(tmp_path / "missing"), "{glue_dir_empty}": str(tmp_path / "fixtures" / "empty_data"),
+            "{noweights}": str(noweights), "{truncated}": str(truncated), "{incomplete}": str(incomplete),
+            "{out}": str(tmp_path / "out")}
+    argv = [subs.get(a, a).replace("{out}", str(tmp_path / "out")) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(model)]
+    if "--data" not in argv:
+        argv += ["--data", str(glue_dir)]
+    if argv[0] == "finetune" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out" / "ft")]
+    before = {p for p in tmp_path.rglob("*")}
+    capsys.readouterr()  # drop what building the fixtures printed
+    code = _exit_code(argv)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    written = {p for p in set(tmp_path.rglob("*")) - before if "lpaf_cache" not in str(p)}
+    assert not written, f"bad input must write nothing, wrote {sorted(written)}"
+
+
+def test_label_count_mismatch_teacher(tmp_path, glue_dir, capsys):
+    model = make_tiny_model(tmp_path / "m", num_labels=3)
+    (model / "metrics.json").write_text("{}")  # pose as a finished lpaf artifact
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(model), "--task", "sst2", "--data", str(glue_dir),
+                 "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 3 labels but task sst2 has 2" in err
+    assert not (tmp_path / "e.json").exists()
