@@ -117,6 +117,7 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         yield tmp
         if not is_complete(tmp):
             raise RuntimeError(f"internal error: stage finished without writing {METRICS_FILE}")
+        _fault_pause_before_commit()
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -129,11 +130,21 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         raise
 
 
+def _fault_pause_before_commit() -> None:
+    """Fault injection for the kill -9 test: hold the finished temporary directory before the rename."""
+    delay = os.environ.get("LPAF_FAULT_SLEEP_BEFORE_COMMIT_S")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
+
+
 def run_record(args: dict[str, Any]) -> dict[str, Any]:
     """The provenance block every metrics.json carries."""
     return {
         "args": args,
-        "config_hash": config_hash(args),
+        # where things are written/cached is not part of the experiment's configuration
+        "config_hash": config_hash({k: v for k, v in args.items() if k not in ("out", "cache_dir")}),
         "versions": library_versions(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
