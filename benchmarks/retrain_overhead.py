@@ -37,7 +37,7 @@ def build_models(model_path: str, density: float) -> tuple[nn.Module, nn.Module,
     from transformers import AutoModelForSequenceClassification
 
     from lpaf.factorize import allocate_rank, svd
-    from lpaf.lowrank import LowRankLinear
+    from lpaf.lowrank import swap_encoder_linears
     from lpaf.modules import find_encoder_linears
 
     torch.manual_seed(0)
@@ -48,18 +48,9 @@ def build_models(model_path: str, density: float) -> tuple[nn.Module, nn.Module,
         w = linear.weight.detach()
         k = int(round(density * w.numel()))
         threshold = w.abs().flatten().kthvalue(w.numel() - k + 1).values
-        pruned = w * (w.abs() >= threshold)
-        m, n = pruned.shape
-        rank = allocate_rank(m, n, density)
-        A, B = svd(pruned, None, rank)
-        lr = LowRankLinear(n, m, rank)
-        with torch.no_grad():
-            lr.A.weight.copy_(A)
-            lr.B.weight.copy_(B)
-            lr.A.bias.copy_(linear.bias)
-        sources[name] = pruned.clone()
-        parent, _, child = name.rpartition(".")
-        setattr(student.get_submodule(parent), child, lr)
+        sources[name] = w * (w.abs() >= threshold)
+    factors = {name: svd(w, None, allocate_rank(*w.shape, density)) for name, w in sources.items()}
+    swap_encoder_linears(student, factors, strict=True)
     return teacher, student, sources
 
 

@@ -447,6 +447,15 @@ def _project_rows(Y: Tensor, P: Tensor, power_steps: int) -> tuple[Tensor, Tenso
     return Q, C
 
 
+Acceleration = Literal["nesterov", "none"]
+
+
+def _nesterov_beta(t: Tensor) -> tuple[Tensor, Tensor]:
+    """FISTA momentum: t' = (1 + √(1 + 4t²))/2, β = (t − 1)/t'. A restart sets t = 1 (β = 0)."""
+    t_next = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
+    return (t - 1.0) / t_next, t_next
+
+
 def sparsity_aware_svd_batched(
     weights: Tensor,
     omegas: Tensor | None,
@@ -454,6 +463,7 @@ def sparsity_aware_svd_batched(
     *,
     max_iters: int = DEFAULT_MAX_ITERS,
     tol: float = DEFAULT_TOL,
+    acceleration: Acceleration = "nesterov",
     power_steps: int = 1,
     init_steps: int = 3,
     seed: int = 0,
@@ -462,12 +472,21 @@ def sparsity_aware_svd_batched(
     """Fast EM for a batch of equal-shape matrices ``weights`` [b, m, n] with entry weights ``omegas``
     (same shape; None = all ones), on the tensors' device.
 
-    Each EM step forms Y = X + Ω²⊙(W_s − X) and runs ``power_steps`` warm-started subspace-iteration
-    steps from the previous row basis instead of a full SVD; X₀ is the rank-r approximation of W_s
-    from ``init_steps`` steps of randomized subspace iteration (seeded). Every matrix stops on its
-    own tolerance, as if it were run alone.
+    Each EM step forms Y = Z + Ω²⊙(W_s − Z) and runs ``power_steps`` warm-started subspace-iteration
+    steps from the previous row basis instead of a full SVD. With ``acceleration="none"``, Z = X_k:
+    plain EM, every step a descent step. With ``"nesterov"`` (default), Z = X_k + β_k (X_k − X_{k−1})
+    (the accelerated inexact impute of Yao & Kwok 2015): plain EM needs hundreds of steps when the
+    pruned entries have weight 0, momentum reaches a far lower objective in the same number of steps.
+    A momentum step that raises a matrix's objective is undone and replaced by a plain step (restart),
+    so the recorded objective never increases in either mode.
+
+    X₀ is the rank-r approximation of W_s from ``init_steps`` steps of randomized subspace iteration
+    (seeded). Every matrix stops on its own tolerance, as if it were run alone. ``objectives[i]`` holds
+    the objective of each accepted iterate; ``iterations[i]`` counts EM steps, undone ones included.
     """
     _check_em_options(max_iters, tol)
+    if acceleration not in ("nesterov", "none"):
+        raise LpafError(f"acceleration must be 'nesterov' or 'none', got {acceleration!r}")
     if power_steps < 1 or init_steps < 1:
         raise LpafError(f"power_steps and init_steps must be >= 1, got {power_steps} and {init_steps}")
     start = time.perf_counter()
@@ -478,57 +497,84 @@ def sparsity_aware_svd_batched(
     W = weights.detach().to(dtype)
     if not torch.isfinite(W).all():
         raise LpafError(f"weights of shape {tuple(weights.shape)} contain NaN or Inf")
-    om = None if omegas is None else _check_entry_weights(omegas, (batch, m, n), dtype)
+    om = torch.ones_like(W) if omegas is None else _check_entry_weights(omegas, (batch, m, n), dtype)
     device = W.device
 
     generator = torch.Generator(device=device).manual_seed(seed)
     P = _orthonormal(torch.randn(batch, n, rank, generator=generator, device=device, dtype=dtype))
     Q, C = _project_rows(W, P, init_steps)
 
+    # Working state of the matrices still iterating (row s of every tensor <-> original active[s]).
+    s = {
+        "W": W, "om": om, "Q": Q, "C": C,
+        "X": torch.empty_like(W),  # current iterate X_k, dense
+        "X_prev": torch.zeros_like(W),  # previous accepted iterate (momentum, undo)
+        "R": torch.empty_like(W),  # scratch: residuals, Z, Y
+        "Q_prev": Q, "C_prev": C,
+        "t": torch.ones(batch, dtype=dtype, device=device),
+        "f_prev": torch.full((batch,), math.inf, dtype=dtype, device=device),
+        "momentum": torch.zeros(batch, dtype=torch.bool, device=device),  # iterate came from β > 0
+    }
+    active = list(range(batch))
     traces: list[list[float]] = [[] for _ in range(batch)]
     iterations = [0] * batch
     converged = [False] * batch
     out_Q = torch.empty(batch, m, rank, dtype=dtype, device=device)
     out_C = torch.empty(batch, rank, n, dtype=dtype, device=device)
-    active = list(range(batch))  # original indices of the rows still iterating
-    previous: Tensor | None = None
-    X = torch.empty_like(W)
-    R = torch.empty_like(W)
     tiny = torch.finfo(dtype).tiny
+    first = True
     for step in range(max_iters + 1):
-        torch.bmm(Q, C, out=X)
-        torch.sub(W, X, out=R)
-        if om is not None:
-            R.mul_(om)
+        X, R = s["X"], s["R"]
+        torch.bmm(s["Q"], s["C"], out=X)
+        torch.sub(s["W"], X, out=R).mul_(s["om"])
         objective = torch.linalg.vector_norm(R, dim=(-2, -1)).square()
-        for slot, value in enumerate(objective.tolist()):
-            traces[active[slot]].append(value)
+        undo = s["momentum"] & (objective > s["f_prev"])
+        if undo.any():  # restart: back to the previous iterate, next step without momentum
+            idx = undo.nonzero().flatten()
+            for key, prev in (("Q", "Q_prev"), ("C", "C_prev"), ("X", "X_prev")):
+                s[key][idx] = s[prev][idx]
+            objective = torch.where(undo, s["f_prev"], objective)
+            s["t"] = torch.where(undo, torch.ones_like(s["t"]), s["t"])
+        accepted = ~undo
         done = objective <= tiny
-        if previous is not None:
-            done |= _relative_change(previous, objective) < tol
+        if not first:
+            done |= accepted & (_relative_change(s["f_prev"], objective) < tol)
+        first = False
+        for slot, (value, ok) in enumerate(zip(objective.tolist(), accepted.tolist())):
+            if ok:
+                traces[active[slot]].append(value)
         done_slots = done.nonzero().flatten().tolist()
         for slot in done_slots:
             converged[active[slot]] = True
         if step == max_iters:
             done_slots = list(range(len(active)))
         if done_slots:
-            keep_slots = [s for s in range(len(active)) if s not in set(done_slots)]
             for slot in done_slots:
-                out_Q[active[slot]] = Q[slot]
-                out_C[active[slot]] = C[slot]
+                out_Q[active[slot]] = s["Q"][slot]
+                out_C[active[slot]] = s["C"][slot]
+            finished = set(done_slots)
+            keep_slots = [slot for slot in range(len(active)) if slot not in finished]
             if not keep_slots:
                 break
             keep = torch.tensor(keep_slots, device=device)
-            W, X, R, Q, C, objective = (t.index_select(0, keep) for t in (W, X, R, Q, C, objective))
-            om = None if om is None else om.index_select(0, keep)
-            active = [active[s] for s in keep_slots]
-        # EM step: Y = X + Ω² ⊙ (W − X), formed in place in X (R already holds Ω ⊙ (W − X)).
-        if om is not None:
-            R.mul_(om)
-        X.add_(R)
-        P = _orthonormal(C.transpose(-1, -2))  # row space of the current iterate
-        Q, C = _project_rows(X, P, power_steps)
-        previous = objective
+            s = {key: value.index_select(0, keep) for key, value in s.items()}
+            objective = objective.index_select(0, keep)
+            active = [active[slot] for slot in keep_slots]
+            X, R = s["X"], s["R"]
+
+        # Z = X_k + β (X_k − X_{k−1}), built in R; X_prev takes X_k; the freed buffer gets W − Z.
+        if acceleration == "nesterov":
+            beta, s["t"] = _nesterov_beta(s["t"])
+            torch.sub(X, s["X_prev"], out=R).mul_(beta.view(-1, 1, 1)).add_(X)
+            s["momentum"] = beta > 0
+        else:
+            R.copy_(X)
+        s["X"], s["X_prev"] = s["X_prev"], X
+        Y_part = torch.sub(s["W"], R, out=s["X"]).mul_(s["om"]).mul_(s["om"])
+        Y = R.add_(Y_part)  # Y = Z + Ω² ⊙ (W − Z)
+        s["Q_prev"], s["C_prev"], s["f_prev"] = s["Q"], s["C"], objective
+        P = _orthonormal(s["C"].transpose(-1, -2))  # row space of X_k
+        s["Q"], s["C"] = _project_rows(Y, P, power_steps)
         for original in active:
             iterations[original] += 1
 

@@ -13,7 +13,7 @@ that ``lpaf.data`` reads, so every loader, head type and stage runs for real:
 The tasks carry a weak learnable signal (sentiment words, paraphrase overlap, answer spans), but
 the numbers mean nothing: the point is the mechanics. Usage::
 
-    python -m lpaf.smoke --out resources/smoke        # writes model/, data/ and assets.json
+    python -m lpaf.smoke --out resources/smoke        # writes model/, data/ (+ data/assets.json)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ NEUTRAL = ("the", "a", "movie", "film", "story", "actor", "plot", "scene", "was"
 COLORS = ("red", "blue", "green", "yellow", "black", "white")
 NAMES = ("anna", "bert", "carl", "dora", "emil", "fred")
 PLACES = ("paris", "rome", "oslo", "lima", "cairo", "delhi")
-QA_WORDS = ("what", "where", "who", "color", "lives", "likes", "?", ".", ",", "s", "'")
+QA_WORDS = ("what", "where", "who", "color", "lives", "likes", "?", ".", ",")
 VOCAB: tuple[str, ...] = tuple(dict.fromkeys(SPECIAL_TOKENS + POSITIVE + NEGATIVE + NEUTRAL + COLORS + NAMES
                                              + PLACES + QA_WORDS))
 
@@ -130,23 +130,28 @@ def make_data(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def make_assets(out_dir: str | Path, seed: int = 0) -> dict:
-    """``out/model``, ``out/data`` and ``out/assets.json`` (written last: the completion record)."""
-    out = Path(out_dir)
-    model = make_model(out / "model", seed)
-    data = make_data(out / "data", seed)
+def make_assets(model_dir: str | Path, data_dir: str | Path, seed: int = 0) -> dict:
+    """The model, the data, and ``data_dir/assets.json`` (written last: the completion record)."""
+    model = make_model(model_dir, seed)
+    data = make_data(data_dir, seed)
     record = {"model": str(model), "data": str(data), "seed": seed, "vocab_size": len(VOCAB), **MODEL_SHAPE,
               "tasks": ["mrpc", "sst2", "stsb", "squad"], "examples_per_split": SPLIT_SIZES}
-    (out / "assets.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (data / "assets.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpaf.smoke", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (model/, data/, assets.json)")
+    parser.add_argument("--out", help="output directory: writes OUT/model and OUT/data")
+    parser.add_argument("--model-out", help="model directory (default OUT/model)")
+    parser.add_argument("--data-out", help="data directory (default OUT/data)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic data")
     args = parser.parse_args(argv)
-    record = make_assets(args.out, args.seed)
+    if args.out is None and (args.model_out is None or args.data_out is None):
+        parser.error("give --out, or both --model-out and --data-out")
+    model_out = args.model_out or Path(args.out) / "model"
+    data_out = args.data_out or Path(args.out) / "data"
+    record = make_assets(model_out, data_out, args.seed)
     print(f"smoke assets: model {record['model']}, data {record['data']}")
     return 0
 

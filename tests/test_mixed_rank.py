@@ -11,7 +11,7 @@ from torch import nn
 
 from lpaf.errors import LpafError
 from lpaf.factorize import svd
-from lpaf.lowrank import LowRankLinear
+from lpaf.lowrank import LowRankLinear, load_model, save_lowrank_model, swap_encoder_linears
 from lpaf.mixed_rank import (SOURCE_WEIGHTS_FILE, AnnealSchedule, MixedRankLinear, MixedRankScheduler,
                              RankSamplingLinear, attach_mixed_rank, attach_rank_sampling, detach, extra_rank_for,
                              find_lowrank_modules, load_source_weights)
@@ -41,17 +41,9 @@ def prune_half(model: nn.Module) -> nn.Module:
 def factorize(dense: nn.Module, rank: int = RANK) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """Rank-``rank`` SVD of every encoder linear; returns the factorized copy and the source matrices."""
     model = copy.deepcopy(dense)
-    sources = {}
-    for name, linear in find_encoder_linears(model).items():
-        A, B = svd(linear.weight.detach(), None, rank)
-        lr = LowRankLinear(linear.in_features, linear.out_features, rank)
-        with torch.no_grad():
-            lr.A.weight.copy_(A)
-            lr.B.weight.copy_(B)
-            lr.A.bias.copy_(linear.bias)
-        sources[name] = linear.weight.detach().clone()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, lr)
+    linears = find_encoder_linears(model)
+    sources = {name: linear.weight.detach().clone() for name, linear in linears.items()}
+    swap_encoder_linears(model, {name: svd(w, None, rank) for name, w in sources.items()}, strict=True)
     return model, sources
 
 
@@ -272,6 +264,35 @@ def test_detach_restores_plain_lowrank_modules(dense, scheme):
     assert all(m.A is wrapped[n].A for n, m in modules.items())
 
 
+@pytest.mark.parametrize("scheme", ["mixed-rank", "rank-sampling"])
+def test_trained_then_saved_model_has_no_full_rank_weight_and_reloads_identically(dense, tmp_path, scheme):
+    from safetensors.torch import load_file
+
+    factorized, sources = factorize(dense)
+    if scheme == "mixed-rank":
+        wrapped = attach_mixed_rank(factorized, sources, trainable_source=True)
+    else:
+        wrapped = attach_rank_sampling(factorized, sources, 2.0)
+    scheduler = MixedRankScheduler(wrapped, AnnealSchedule(0.5, 1.0), seed=0, scheme=scheme)
+    optimizer = torch.optim.SGD([p for p in factorized.parameters() if p.requires_grad], lr=0.1)
+    factorized.train()
+    for step in range(3):  # a few real updates through both branches
+        scheduler.resample(step, 3)
+        _loss(factorized, batch(step)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    detach(factorized)
+    save_lowrank_model(factorized, tmp_path / "m")
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert not any("source" in k or "extra_" in k for k in saved)
+    for name, module in find_lowrank_modules(factorized).items():
+        assert f"{name}.A.weight" in saved and f"{name}.weight" not in saved
+    reloaded = load_model(tmp_path / "m")
+    factorized.eval()
+    b = batch(9)
+    torch.testing.assert_close(logits(reloaded, b), logits(factorized, b), rtol=0, atol=0)
+
+
 def test_attach_checks_the_source_matrices(dense):
     factorized, sources = factorize(dense)
     first = next(iter(sources))
@@ -324,8 +345,7 @@ def test_rank_sampling_p0_and_eval_use_rank_r(dense):
 
 @pytest.mark.parametrize("u,expected", [(0.0, 1), (0.49, 2), (0.5, 3), (0.999, 4)])
 def test_rank_sampling_choice_covers_one_to_extra(u, expected):
-    lr = LowRankLinear(8, 6, 2)
-    m = RankSamplingLinear(lr, torch.zeros(6, 4), torch.zeros(4, 8))
+    m = RankSamplingLinear(LowRankLinear(8, 6, 2), torch.zeros(6, 4), torch.zeros(4, 8))
     m.set_choice(True, u)
     assert m.extra_in_use == expected
     m.set_choice(False, u)

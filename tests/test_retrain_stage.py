@@ -19,7 +19,11 @@ TRAIN = ["--task", "sst2", "--max-length", "32", "--batch-size", "16", "--epochs
 
 
 def _run(argv: list) -> int:
-    return main([str(a) for a in argv])
+    """Exit code of ``lpaf ...``; argparse errors exit through SystemExit, stage errors return."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return int(e.code)
 
 
 def _complete(directory: Path, record: dict) -> None:
@@ -33,23 +37,15 @@ def _factorize_dir(teacher: Path, out: Path) -> Path:
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from lpaf.factorize import svd
-    from lpaf.lowrank import LowRankLinear, save_lowrank_model
+    from lpaf.lowrank import save_lowrank_model, swap_encoder_linears
     from lpaf.modules import find_encoder_linears
 
     model = BertForSequenceClassification.from_pretrained(teacher)
     sources = {}
     for name, linear in find_encoder_linears(model).items():
         w = linear.weight.detach()
-        pruned = w * (w.abs() >= w.abs().flatten().median())
-        A, B = svd(pruned, None, RANK)
-        lr = LowRankLinear(linear.in_features, linear.out_features, RANK)
-        with torch.no_grad():
-            lr.A.weight.copy_(A)
-            lr.B.weight.copy_(B)
-            lr.A.bias.copy_(linear.bias)
-        sources[name] = pruned.contiguous()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, lr)
+        sources[name] = (w * (w.abs() >= w.abs().flatten().median())).contiguous()
+    swap_encoder_linears(model, {name: svd(w, None, RANK) for name, w in sources.items()}, strict=True)
     save_lowrank_model(model, out, AutoTokenizer.from_pretrained(teacher))
     save_file(sources, str(out / SOURCE_WEIGHTS_FILE))
     _complete(out, {"stage": "factorize", "method": "svd", "density": 0.5})
@@ -168,6 +164,26 @@ def test_resume_after_sigterm_matches_uninterrupted(assets, mixed_run, monkeypat
         assert (a[k] - b[k]).abs().max().item() < 1e-5, k
 
 
+def test_resume_restores_a_trainable_source_matrix(assets, monkeypatch, capsys):
+    """A trained W_s lives only in the checkpoint: resume must take it from there, not from the input."""
+    flags = ["--scheme", "mixed-rank", "--seed", "5", "--trainable-source", "--anneal-fraction", "1.0"]
+    full = assets["root"] / "trainable-full"
+    assert _retrain(assets, full, *flags) == 0
+    cut = assets["root"] / "trainable-cut"
+    monkeypatch.setenv("LPAF_FAULT_SIGTERM_AT_STEP", "3")
+    assert _retrain(assets, cut, *flags) == 75
+    from safetensors.torch import load_file
+
+    ckpt = load_file(str(assets["root"] / ".trainable-cut.checkpoints" / "checkpoint-3" / "model.safetensors"))
+    assert any(k.endswith("source_weight") for k in ckpt)
+    monkeypatch.delenv("LPAF_FAULT_SIGTERM_AT_STEP")
+    assert _retrain(assets, cut, *flags) == 0
+    a, b = _weights(full), _weights(cut)
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-5, k
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("scheme,extra", [("plain", []), ("rank-sampling", ["--p0", "0.5"]),
                                           ("mixed-rank", ["--trainable-source", "--anneal", "cosine"])])
 def test_other_schemes_end_to_end(assets, tmp_path, scheme, extra):
@@ -182,8 +198,12 @@ def test_other_schemes_end_to_end(assets, tmp_path, scheme, extra):
 def test_plain_needs_no_source_and_no_teacher_without_distillation(assets, tmp_path):
     out = tmp_path / "plain"
     assert _run(["retrain", "--model", assets["no_source"], "--data", assets["data"], "--out", out, "--scheme",
-                 "plain", "--distill-alpha", "0", *TRAIN]) == 0
-    assert json.loads((out / "metrics.json").read_text())["teacher"] is None
+                 "plain", "--distill-alpha", "0", *TRAIN, "--eval-every-steps", "3"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["teacher"] is None
+    # The end of training counts as a dev evaluation even when N does not divide the step count.
+    assert [h["step"] for h in m["train"]["eval_history"]] == [3, 6, 8]
+    assert m["train"]["eval_history"][-1]["accuracy"] == m["metrics"]["accuracy"]
 
 
 BAD = [
@@ -198,6 +218,7 @@ BAD = [
     (["--model", "{root}/nowhere"], r"model directory not found"),
     (["--teacher", "{root}/nowhere"], r"teacher directory not found"),
     (["--teacher", "{incomplete_teacher}"], r"teacher .*incomplete-teacher has no metrics.json"),
+    (["--scheme", "plain", "--trainable-source"], r"--trainable-source applies to --scheme mixed-rank only"),
     (["--p0", "2", "--anneal-fraction", "0"], r"--p0 must be in .*; --anneal-fraction must be in"),
 ]
 

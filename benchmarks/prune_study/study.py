@@ -9,7 +9,7 @@ study of lpaf.analysis (mean numerical rank, mean 99%-energy rank, zero rows/col
 Results are merged by run name into ``results_<task>.json`` (runs already there are skipped, so
 the study resumes), and ``--figure`` draws the paper's two-panel figure.
 
-Reproduce (about 1.8 s per step on one busy CPU thread; 3 epochs of 4k examples = 375 steps):
+Reproduce (2 epochs of 4k examples = 250 steps; 3-5 s a step on one thread of a busy 2-core machine):
     lpaf finetune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data ../shared/data \
         --max-train-samples 4000 --max-length 64 --epochs 1 --out /tmp/lpaf_study/teacher_sst2
     python benchmarks/prune_study/study.py --set explore
@@ -30,29 +30,30 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SHARED = ROOT.parent / "shared"
 
-# name -> extra `lpaf prune` flags. Common flags are in `base_flags`.
+# name -> extra `lpaf prune` flags (common flags are in `base_flags`). A name is one setting, so a
+# grid run that repeats an exploration run reuses it.
 EXPLORE: dict[str, list[str]] = {
-    # The quick trial's failure: scores from 0, lr 1e-2 (here 3 epochs instead of 2).
-    "movement-zeros-lr1e-2-d0.1": ["--method", "movement", "--density", "0.1"],
     "magnitude-d0.1": ["--method", "magnitude", "--density", "0.1"],
     "platon-d0.1": ["--method", "platon", "--density", "0.1"],
-    # A larger score lr + steps where only the scores learn (weights stay the teacher's).
-    "movement-zeros-lr1e-1-sow-d0.1": ["--method", "movement", "--density", "0.1", "--scores-lr", "0.1",
-                                       "--scores-only-warmup", "--initial-warmup", "0.2"],
-    # A magnitude prior that first-order updates reorder.
-    "movement-mag1-lr1e-2-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
-                                  "--score-init-scale", "1.0"],
-    "movement-mag0.1-lr1e-2-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
-                                    "--score-init-scale", "0.1"],
+    # A magnitude prior (S0 = |W|/mean|W|) that the first-order updates reorder.
+    "movement-magprior1-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
+                                "--score-init-scale", "1.0"],
+    # Scores from 0 with a 10x larger lr, and a warm-up where only the scores learn.
+    "movement-zeros-lr0.1-sow-d0.1": ["--method", "movement", "--density", "0.1", "--scores-lr", "0.1",
+                                      "--scores-only-warmup", "--initial-warmup", "0.2"],
+    # The quick trial's setting (scores from 0, lr 1e-2), for reference.
+    "movement-zeros-d0.1": ["--method", "movement", "--density", "0.1"],
 }
+MOVEMENT_VARIANTS = {name.split("-d0.1")[0]: flags[4:] for name, flags in EXPLORE.items() if "movement" in name}
 
 
-def grid(movement_flags: list[str]) -> dict[str, list[str]]:
+def grid(movement: str) -> dict[str, list[str]]:
+    """magnitude, PLATON and one movement variant (an EXPLORE name without -d0.1) at 0.5/0.25/0.1."""
     runs = {}
     for density in ("0.5", "0.25", "0.1"):
-        runs[f"grid-magnitude-d{density}"] = ["--method", "magnitude", "--density", density]
-        runs[f"grid-platon-d{density}"] = ["--method", "platon", "--density", density]
-        runs[f"grid-movement-d{density}"] = ["--method", "movement", "--density", density, *movement_flags]
+        runs[f"magnitude-d{density}"] = ["--method", "magnitude", "--density", density]
+        runs[f"platon-d{density}"] = ["--method", "platon", "--density", density]
+        runs[f"{movement}-d{density}"] = ["--method", "movement", "--density", density, *MOVEMENT_VARIANTS[movement]]
     return runs
 
 
@@ -132,10 +133,10 @@ def main() -> None:
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--work", default="/tmp/lpaf_study/runs")
     p.add_argument("--max-train-samples", type=int, default=4000)
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--movement-flags", default="--score-init magnitude --score-init-scale 0.1",
-                   help="flags of the movement rows of the grid (the settings the explore set picked)")
+    p.add_argument("--movement", default="movement-magprior1", choices=sorted(MOVEMENT_VARIANTS),
+                   help="the movement variant of the grid (the one the explore set picked)")
     p.add_argument("--figure", help="draw the rank-study figure from the grid runs + dense (.png/.pdf)")
     args = p.parse_args()
 
@@ -149,7 +150,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if "dense" not in results:
         results["dense"] = dense_record(args.teacher)
-    runs = {"explore": EXPLORE, "grid": grid(args.movement_flags.split()), "none": {}}[args.set]
+    runs = {"explore": EXPLORE, "grid": grid(args.movement), "none": {}}[args.set]
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only}
     teacher_sd = load_file(str(Path(args.teacher) / "model.safetensors"))
@@ -172,7 +173,7 @@ def main() -> None:
                     "avg_rank": results["dense"]["rank"]["mean_rank"], "dense": True,
                     "metric_name": results["dense"].get("metric_name")}]
         for name, r in results.items():
-            if name.startswith("grid-"):
+            if name in grid(args.movement):
                 entries.append({"method": r["method"], "retained_percent": r["retained_percent"],
                                 "metric": r["headline"], "avg_rank": r["rank"]["mean_rank"], "dense": False})
         rank_study_figure(entries, args.figure)

@@ -55,6 +55,8 @@ class RetrainArgs:
             self.schedule()
         except LpafError as e:
             problems.append(str(e))
+        if self.trainable_source and self.scheme != "mixed-rank":
+            problems.append(f"--trainable-source applies to --scheme mixed-rank only (got --scheme {self.scheme})")
         if not self.max_rank_multiple > 1.0:
             problems.append(f"--max-rank-multiple must be > 1 (got {self.max_rank_multiple})")
         if self.eval_every_steps < 0:
@@ -124,9 +126,14 @@ class PhaseStepTimer(TrainerCallback):
 
 
 def _source_record(model_dir: str) -> dict[str, Any]:
-    """What the factorized input says about itself (density, method), carried into our metrics."""
+    """What the factorized input says about itself (factorizer, density, its score before
+    re-training, the model it came from), carried into our metrics.json for the report."""
     rec = read_json(Path(model_dir) / METRICS_FILE)
-    return {k: rec.get(k) for k in ("method", "density", "factorizer", "retained_percent") if k in rec}
+    keep = ("method", "density", "retained_percent", "source_model", "source_is_pruned")
+    out = {k: rec[k] for k in keep if k in rec}
+    if "metrics" in rec:
+        out["metrics_before_retrain"] = rec["metrics"]
+    return out
 
 
 def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: TrainArgs) -> dict:
@@ -169,6 +176,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
     detached = detach(model)
     metrics = evaluate_model(model, data, train_args.eval_batch_size, device)
     stats["step_time_by_phase"] = timer.summary()
+    _add_final_eval(stats, metrics, task.headline_key)
     extra: dict[str, Any] = {
         "method": f"retrain-{args.scheme}",
         "scheme": args.scheme,
@@ -187,6 +195,14 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         write_json(tmp / METRICS_FILE, record)  # last: the completion record
     _cleanup_checkpoints(out)
     return record
+
+
+def _add_final_eval(stats: dict[str, Any], metrics: dict[str, float], headline_key: str) -> None:
+    """The end of training is a dev evaluation too: count it in the history and the best."""
+    history = stats.setdefault("eval_history", [])
+    if not history or history[-1]["step"] != stats["train_steps"]:
+        history.append({"step": stats["train_steps"], "epoch": None, **metrics})
+    stats["best_eval"] = max(history, key=lambda h: h[headline_key])
 
 
 def _cleanup_checkpoints(out) -> None:

@@ -14,6 +14,7 @@
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shlex
 import sys
@@ -25,7 +26,7 @@ TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
 OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps"})
 OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
-NAME_HELP = "letters, digits, '_', '+', '-' (at most 48 characters; no '/', '.' or spaces)"
+NAME_HELP = "letters, digits, '_', '+', '-' (at most 48 characters; no slash, dot or space)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,6 +84,8 @@ def _format_error(error, schema):
         return f"{key} = {error.instance!r} has the wrong type: expected {expected}{hint}"
     if kind == "required":
         return f"'{key}' misses the required key {error.message.split(chr(39))[1]!r}{hint}"
+    if kind == "pattern" and "propertyNames" in error.absolute_schema_path:
+        return f"'{key}' has the name {error.instance!r}, which is not allowed; names use {NAME_HELP}"
     if kind == "pattern":
         return f"{key} = {error.instance!r} is not allowed{hint}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -140,9 +143,55 @@ def semantic_problems(cfg):
     return problems
 
 
+def _coerce(value, node):
+    """A --config value as YAML would read it, where the schema expects a non-string.
+
+    Snakemake parses `--config key=[1, 2]` with YAML's BaseLoader, so every scalar inside arrives
+    as a string ('1', 'false', 'null'); the config files themselves are read with full YAML.
+    """
+    if not isinstance(node, dict):
+        return value
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        return {k: _coerce(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, node.get("items", {})) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if parsed is None or isinstance(parsed, (dict, list)):
+        return parsed
+    if "string" in types or value in node.get("enum", []):
+        return value
+    return parsed
+
+
+def coerce_command_line_config(cfg, schema):
+    """Re-read the --config overrides with the types the schema expects (see _coerce)."""
+    overrides = workflow.config_settings.overwrite_config or {}
+    for key, value in overrides.items():
+        cfg[key] = _merge(cfg.get(key), _coerce(value, schema.get("properties", {}).get(key, {})))
+
+
+def _merge(base, update):
+    if isinstance(base, dict) and isinstance(update, dict):
+        merged = dict(base)
+        for k, v in update.items():
+            merged[k] = _merge(base.get(k), v)
+        return merged
+    return update
+
+
 def check_config(cfg, schema_path):
     """Stop before any job runs if the config is wrong, listing every problem."""
     schema = load_schema(schema_path)
+    coerce_command_line_config(cfg, schema)
     problems = schema_problems(cfg, schema)
     if problems:
         stop_with_config_errors(problems)
@@ -150,10 +199,10 @@ def check_config(cfg, schema_path):
 
 
 def stop_with_config_errors(problems):
-    files = ", ".join(workflow.overwrite_configfiles or workflow.configfiles) or "the config"
+    files = ", ".join(str(f) for f in (workflow.overwrite_configfiles or workflow.configfiles)) or "the config"
     lines = [f"lpaf workflow: config error in {files} ({len(problems)} problem(s)); no job was started:"]
     lines += [f"  - {p}" for p in problems]
-    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.write("\n".join(lines + [""]))
     sys.exit(2)
 
 
@@ -188,7 +237,7 @@ class Plan:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.model = cfg["model_name"] or cfg["model"].rsplit("/", 1)[-1]
+        self.model = cfg["model_name"] or posixpath.basename(cfg["model"])
         self.tasks = list(cfg["tasks"])
         self.seeds = [int(s) for s in cfg["seeds"]]
         self.teacher = {}  # task -> (token, flags)
@@ -249,11 +298,11 @@ class Plan:
                         self.rows.append({
                             "model": self.model, "task": task, "method": method, "label": label,
                             "density": 1.0 if dense else float(density), "seed": seed, "dense": dense,
-                            "pruner": pruner, "chain": "/".join(parts), "dir": self.artifact(task, seed, *parts),
+                            "pruner": pruner, "chain": posixpath.join(*parts), "dir": self.artifact(task, seed, *parts),
                         })
 
     def artifact(self, task, seed, *parts):
-        return "/".join([RESULTS, self.model, task, f"s{seed}", *parts])
+        return posixpath.join(RESULTS, self.model, task, f"s{seed}", *parts)
 
     # targets -------------------------------------------------------------------------------
     def latency_tasks(self):
@@ -284,10 +333,10 @@ class Plan:
         for r in self.rows:
             if r["task"] not in tasks:
                 continue
-            parts = r["chain"].split("/")
+            parts = r["chain"].split(posixpath.sep)
             entries = [(parts[0], "dense", 1.0, True)]
             if r["pruner"]:
-                entries.append(("/".join(parts[:2]), r["pruner"], r["density"], False))
+                entries.append((posixpath.join(*parts[:2]), r["pruner"], r["density"], False))
             for chain, label, density, dense in entries:
                 key = (r["task"], r["seed"], chain)
                 if key in seen:
@@ -327,11 +376,13 @@ def to_flags(flags):
     for key, value in sorted(flags.items()):
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
+        flag = f"--{name}"
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+            parts.append(flag if value else f"--no-{name}")
         elif isinstance(value, (list, tuple)):
-            parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+            values = " ".join(shlex.quote(str(v)) for v in value)
+            parts.append(f"{flag} {values}")
         else:
             parts.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
@@ -342,7 +393,7 @@ def use_cuda():
 
 
 def gpus():
-    """GPU count a GPU-capable rule requests: only when the config asks for CUDA."""
+    """GPU count a GPU-capable job requests: only when the config asks for CUDA."""
     return config["compute"]["gpus"] if use_cuda() else 0
 
 
@@ -424,4 +475,11 @@ def out_dir(path):
 
 
 def teacher_of(source):
-    return source.split("/", 1)[0]
+    return source.split(posixpath.sep, 1)[0]
+
+
+def figure_targets():
+    figures = [f"{RESULTS}/figures/{task}_metric.png" for task in PLAN.tasks]
+    figures += [f"{RESULTS}/figures/{task}_rank.png" for task in PLAN.rank_tasks()]
+    figures.append(f"{RESULTS}/figures/speedup.png")
+    return figures

@@ -1,0 +1,187 @@
+"""Real-data re-training study (issue 5, claim C5): plain vs mixed-rank re-training of one factorization.
+
+Chain: teacher (fine-tuned MiniLM, SST-2 4k subset, max length 64) → pruned model (an ``lpaf prune``
+artifact) → rank-r SVD at the same density (``lpaf factorize``) → ``lpaf retrain`` per
+(variant, seed), one child process at a time on one CPU thread. Every run's
+summary is merged by (variant, seed) into ``results_<tag>.json`` beside this script, so the study
+resumes; ``--summary`` prints mean ± std per variant and the paired difference to plain re-training
+with the same seed and length (seeds are paired: same data order, same dropout stream).
+
+    lpaf prune --model TEACHER --method magnitude --density 0.25 --task sst2 --data ../shared/data \
+        --max-length 64 --max-train-samples 4000 --epochs 2 --seed 1 --out /tmp/lpaf_retrain_study/prune-mag-d0.25
+    python benchmarks/retrain_study/study.py --teacher TEACHER --pruned /tmp/lpaf_retrain_study/prune-mag-d0.25 \
+        --tag mag-d0.25-svd --variants plain-e1 mixed-e1 --seeds 1 2 3 4 5
+    python benchmarks/retrain_study/study.py --tag mag-d0.25-svd --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SHARED = ROOT.parent / "shared"
+
+# variant -> `lpaf retrain` flags (besides the common ones in `base_flags`)
+VARIANTS: dict[str, list[str]] = {
+    "plain-e1": ["--scheme", "plain", "--epochs", "1"],
+    "mixed-e1": ["--scheme", "mixed-rank", "--epochs", "1"],
+    "mixed-p0.5-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5"],
+    "mixed-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--anneal-fraction", "0.2"],
+    "mixed-p0.5-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5", "--anneal-fraction", "0.2"],
+    "mixed-trainable-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--trainable-source"],
+    "ranksamp-e1": ["--scheme", "rank-sampling", "--epochs", "1"],
+    "ranksamp-p0.5-e1": ["--scheme", "rank-sampling", "--epochs", "1", "--p0", "0.5"],
+    "plain-e3": ["--scheme", "plain", "--epochs", "3"],
+    "mixed-e3": ["--scheme", "mixed-rank", "--epochs", "3"],
+    "mixed-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--anneal-fraction", "0.2"],
+    "mixed-p0.5-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--p0", "0.5", "--anneal-fraction", "0.2"],
+}
+
+
+def base_flags(args, factorized: Path) -> list[str]:
+    return ["--model", str(factorized), "--teacher", args.teacher, "--task", "sst2", "--data", args.data,
+            "--max-length", "64", "--max-train-samples", str(args.max_train_samples), "--batch-size", "32",
+            "--device", "cpu", "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
+
+
+def factorize(pruned: Path, density: float, out: Path, data: str) -> Path:
+    """Rank-r SVD of every encoder linear at the density's budget (``lpaf factorize``, which also
+    writes the source matrices mixed-rank re-training runs)."""
+    if not (out / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", "sst2",
+               "--data", data, "--max-length", "64", "--method", "svd", "--density", str(density),
+               "--out", str(out), "--device", "cpu"]
+        subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return out
+
+
+def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
+    out = Path(args.work) / args.tag / f"{variant}-s{seed}"
+    log = Path(args.work) / args.tag / f"{variant}-s{seed}.log"
+    if not (out / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "lpaf.cli", "retrain", *base_flags(args, factorized), *VARIANTS[variant],
+               "--seed", str(seed), "--out", str(out)]
+        print(f"[{time.strftime('%H:%M:%S')}] {args.tag} {variant} seed {seed}", flush=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        if rc != 0:
+            raise SystemExit(f"{variant} seed {seed} failed with exit code {rc}; see {log}")
+    m = json.loads((out / "metrics.json").read_text())
+    train = m["train"]
+    return {
+        "variant": variant, "seed": seed, "accuracy": m["metrics"]["accuracy"],
+        "best_accuracy": (m["best_eval"] or {}).get("accuracy"), "best_step": (m["best_eval"] or {}).get("step"),
+        "eval_history": [[h["step"], h["accuracy"]] for h in train.get("eval_history", [])],
+        "train_steps": train["train_steps"], "train_loss": train["train_loss"],
+        "train_wall_time_s": train["train_wall_time_s"], "step_time_s_median": train["step_time_s_median"],
+        "step_time_by_phase": train.get("step_time_by_phase"),
+        "expanded_fraction_overall": (m.get("schedule") or {}).get("expanded_fraction_overall"),
+        "encoder_linear_params": m["params"]["encoder_linear"],
+    }
+
+
+def results_path(tag: str) -> Path:
+    return HERE / f"results_{tag}.json"
+
+
+def load_results(tag: str) -> dict:
+    path = results_path(tag)
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+
+def summarize(tag: str) -> dict:
+    results = load_results(tag)
+    runs = list(results["runs"].values())
+    by_variant: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+    rows = {}
+    for variant, seeds in sorted(by_variant.items()):
+        acc = [r["accuracy"] for r in seeds.values()]
+        best = [r["best_accuracy"] for r in seeds.values() if r["best_accuracy"] is not None]
+        row = {"n": len(acc), "accuracy_mean": statistics.mean(acc),
+               "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+               "best_mean": statistics.mean(best) if best else None,
+               "step_time_s_median": statistics.median(r["step_time_s_median"] for r in seeds.values())}
+        baseline = by_variant.get("plain-" + variant.rsplit("-", 1)[-1])
+        if baseline is not None and not variant.startswith("plain"):
+            pairs = [(seeds[s]["accuracy"], baseline[s]["accuracy"]) for s in seeds if s in baseline]
+            diffs = [a - b for a, b in pairs]
+            best_diffs = [seeds[s]["best_accuracy"] - baseline[s]["best_accuracy"] for s in seeds if s in baseline]
+            if diffs:
+                row |= {"paired_n": len(diffs), "diff_vs_plain_mean": statistics.mean(diffs),
+                        "diff_vs_plain_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                        "wins_vs_plain": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+                        "best_diff_vs_plain_mean": statistics.mean(best_diffs)}
+        rows[variant] = row
+    results["summary"] = rows
+    results_path(tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for variant, row in rows.items():
+        line = (f"{variant:22s} n={row['n']}  acc {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}  "
+                f"best {row['best_mean']:.4f}  step {row['step_time_s_median']:.2f}s")
+        if "paired_n" in row:
+            line += (f"  vs plain {row['diff_vs_plain_mean']:+.4f} ± {row['diff_vs_plain_std']:.4f} "
+                     f"(wins {row['wins_vs_plain']}/{row['paired_n']}, best {row['best_diff_vs_plain_mean']:+.4f})")
+        print(line)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tag", required=True, help="names this factorization's result file")
+    p.add_argument("--teacher", default="/tmp/lpaf_study/teacher_sst2")
+    p.add_argument("--pruned", help="an lpaf prune artifact (the model to factorize); needed unless --summary")
+    p.add_argument("--density", type=float, default=0.25)
+    p.add_argument("--data", default=str(SHARED / "data"))
+    p.add_argument("--max-train-samples", type=int, default=4000)
+    p.add_argument("--eval-every-steps", type=int, default=25)
+    p.add_argument("--work", default="/tmp/lpaf_retrain_study", help="where models go (large; not the repo)")
+    p.add_argument("--variants", nargs="+", default=["plain-e1", "mixed-e1"], choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    p.add_argument("--summary", action="store_true", help="only summarize the results file")
+    args = p.parse_args()
+    if args.summary:
+        summarize(args.tag)
+        return
+    if args.pruned is None:
+        p.error("--pruned is required to run the study")
+    work = Path(args.work) / args.tag
+    work.mkdir(parents=True, exist_ok=True)
+    pruned = Path(args.pruned)
+    factorized = factorize(pruned, args.density, work / "factorized", args.data)
+    results = load_results(args.tag)
+    results["setup"] = {"teacher": args.teacher, "pruned": str(pruned), "pruned_record": _record(pruned),
+                        "factorized_record": _record(factorized), "density": args.density,
+                        "max_train_samples": args.max_train_samples, "max_length": 64, "batch_size": 32,
+                        "eval_every_steps": args.eval_every_steps, "threads": 1}
+    for seed in args.seeds:  # seed-major: every variant of a seed lands before the next seed
+        for variant in args.variants:
+            key = f"{variant}/s{seed}"
+            results["runs"][key] = run_one(variant, seed, factorized, args)
+            results_path(args.tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    summarize(args.tag)
+
+
+def _record(directory: Path) -> dict:
+    path = Path(directory) / "metrics.json"
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    out = {k: m.get(k) for k in ("stage", "method", "density", "metrics", "mean_relative_error") if k in m}
+    summary = (m.get("factorization") or {}).get("summary")
+    if summary:
+        out["factorization_summary"] = summary
+    return out
+
+
+if __name__ == "__main__":
+    main()

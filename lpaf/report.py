@@ -1,0 +1,426 @@
+"""Aggregate the stages' metrics files into the results table and draw the figures.
+
+Input: a list of *run rows*, one per (model, task, method, density, seed), each naming the
+files of that run - the stage's ``metrics.json`` (dev metrics, parameter counts), and optionally
+the ``eval.json`` of the model and of its dense teacher (inference latency, from
+``lpaf evaluate --latency-batches N``). The workflow writes these rows; any script can too.
+
+Outputs:
+- ``runs.csv``: one line per run (every dev metric, headline, % retained, parameters, latency,
+  speed-up vs the dense teacher of the same task and seed);
+- ``table.csv``: one line per (model, task, method, density): mean and std over seeds of every
+  dev metric and of the headline metric, % encoder parameters retained (non-zero weights, so
+  sparse and low-rank models share one axis), whole-model parameters, speed-up, number of seeds;
+- ``table.md``: the paper-style table (tasks as columns, mean ± std, GLUE scores x100);
+- figures: headline metric vs % retained per task, the rank study per task, speed-up vs % retained.
+
+Speed-up: per seed, latency(dense teacher) / latency(model), then mean and std over seeds. Tasks
+without latency measurements (``evaluate.tasks`` in the config) take the mean speed-up of the same
+(model, method, density) over the measured tasks, marked ``speedup_measured = False``: latency
+depends on the architecture (ranks), not on the task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from lpaf.errors import LpafError
+
+GROUP_KEYS = ["model", "task", "method", "label", "density"]
+RUN_ID_KEYS = ["model", "task", "method", "label", "density", "seed"]
+MEAN_ONLY = ["retained_percent", "retained_percent_stored", "params_total", "params_total_nonzero",
+             "params_encoder_linear_nonzero", "latency_ms", "dense_latency_ms"]
+FIGURE_DPI = 150
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            blob = json.load(f)
+    except FileNotFoundError:
+        raise LpafError(f"report: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise LpafError(f"report: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(blob, dict):
+        raise LpafError(f"report: {path} is not a JSON object")
+    return blob
+
+
+def _latency_ms(path: str | Path | None) -> float:
+    if not path:
+        return math.nan
+    blob = _read_json(path)
+    latency = blob.get("latency_ms")
+    if isinstance(latency, dict):
+        latency = latency.get("median_ms")
+    if not isinstance(latency, (int, float)):
+        raise LpafError(f"report: {path} has no latency_ms (run 'lpaf evaluate' with --latency-batches N > 0)")
+    return float(latency)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def run_record(row: dict[str, Any]) -> dict[str, Any]:
+    """One run row (with file paths) -> one flat record of numbers."""
+    blob = _read_json(row["metrics"])
+    missing = [k for k in ("metrics", "headline_metric", "params") if k not in blob]
+    if missing:
+        raise LpafError(f"report: {row['metrics']} lacks {', '.join(missing)} (not an lpaf stage metrics.json)")
+    params = blob["params"]
+    record: dict[str, Any] = {k: row[k] for k in RUN_ID_KEYS}
+    record["dense"] = bool(row.get("dense", row["method"] == "dense"))
+    record["chain"] = row.get("chain", "")
+    record["stage"] = blob.get("stage")
+    record["headline_metric"] = blob["headline_metric"]
+    record["headline"] = _number(blob.get("headline"))
+    record["retained_percent"] = _number(blob.get("retained_percent_nonzero", blob.get("retained_percent")))
+    record["retained_percent_stored"] = _number(blob.get("retained_percent"))
+    record["params_total"] = _number(params.get("total"))
+    record["params_total_nonzero"] = _number(params.get("total_nonzero", params.get("total")))
+    record["params_encoder_linear_nonzero"] = _number(params.get("encoder_linear_nonzero"))
+    record["metric_keys"] = list(blob["metrics"])
+    for key, value in blob["metrics"].items():
+        record[f"dev_{key}"] = _number(value)
+    record["latency_ms"] = _latency_ms(row.get("eval"))
+    record["dense_latency_ms"] = _latency_ms(row.get("dense_eval"))
+    record["speedup"] = record["dense_latency_ms"] / record["latency_ms"] if record["latency_ms"] > 0 else math.nan
+    record["speedup_measured"] = not math.isnan(record["speedup"])
+    return record
+
+
+def load_runs(rows: Sequence[dict[str, Any]]):
+    """The per-run DataFrame (column ``dev_<metric>`` per dev metric), speed-ups filled in."""
+    import pandas as pd
+
+    if not rows:
+        raise LpafError("report: no runs to aggregate")
+    records = [run_record(r) for r in rows]
+    runs = pd.DataFrame.from_records(records)
+    runs = _fill_unmeasured_speedup(runs)
+    return runs
+
+
+def _fill_unmeasured_speedup(runs):
+    measured = runs[runs["speedup_measured"]]
+    if measured.empty:
+        return runs
+    means = measured.groupby(["model", "method", "density"])["speedup"].mean()
+    fill = runs.apply(lambda r: means.get((r["model"], r["method"], r["density"]), math.nan), axis=1)
+    runs["speedup"] = runs["speedup"].where(runs["speedup_measured"], fill)
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregating
+# --------------------------------------------------------------------------------------------
+
+def _order(values: Iterable[Any]) -> dict[Any, int]:
+    out: dict[Any, int] = {}
+    for v in values:
+        out.setdefault(v, len(out))
+    return out
+
+
+def aggregate(runs):
+    """Mean and (sample) std over seeds per (model, task, method, density); std is empty for one seed."""
+    import pandas as pd
+
+    metric_cols = [c for c in runs.columns if c.startswith("dev_")]
+    out_rows = []
+    task_order, method_order = _order(runs["task"]), _order(runs["method"])
+    for key, g in runs.groupby(GROUP_KEYS, sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        row["dense"] = bool(g["dense"].iloc[0])
+        row["n_seeds"] = int(g["seed"].nunique())
+        row["seeds"] = " ".join(str(s) for s in sorted(g["seed"].unique()))
+        row["headline_metric"] = g["headline_metric"].iloc[0]
+        for col in ["headline"] + [c for c in metric_cols if g[c].notna().any()]:
+            name = col[4:] if col.startswith("dev_") else col
+            row[f"{name}_mean"] = g[col].mean()
+            row[f"{name}_std"] = g[col].std(ddof=1) if len(g) > 1 else math.nan
+        for col in MEAN_ONLY:
+            row[col] = g[col].mean()
+        row["speedup_mean"] = g["speedup"].mean()
+        row["speedup_std"] = g["speedup"].std(ddof=1) if g["speedup"].notna().sum() > 1 else math.nan
+        row["speedup_measured"] = bool(g["speedup_measured"].all())
+        row["chain"] = g["chain"].iloc[0]
+        out_rows.append(row)
+    table = pd.DataFrame(out_rows)
+    table["_t"] = table["task"].map(task_order)
+    table["_m"] = table["method"].map(method_order)
+    table = table.sort_values(["model", "_t", "_m", "density"], ascending=[True, True, True, False])
+    table = table.drop(columns=["_t", "_m"]).reset_index(drop=True)
+    lead = GROUP_KEYS + ["dense", "n_seeds", "seeds", "headline_metric", "headline_mean", "headline_std"]
+    metric_out = [c for c in table.columns if c not in lead and (c.endswith("_mean") or c.endswith("_std"))
+                  and not c.startswith("speedup")]
+    tail = MEAN_ONLY + ["speedup_mean", "speedup_std", "speedup_measured", "chain"]
+    return table[lead + metric_out + tail]
+
+
+# --------------------------------------------------------------------------------------------
+# The paper-style markdown table
+# --------------------------------------------------------------------------------------------
+
+def _scale(task: str) -> float:
+    """GLUE metrics are fractions (shown x100); SQuAD EM/F1 are already percentages."""
+    from lpaf.tasks import get_task
+
+    try:
+        return 1.0 if get_task(task).is_qa else 100.0
+    except LpafError:
+        return 1.0
+
+
+def _fmt(mean: float, std: float, scale: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean * scale:.1f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std * scale:.1f}"
+    return text
+
+
+def markdown_table(table, runs) -> str:
+    """Rows = (method, density), columns = tasks (every dev metric, '/'-separated), % retained, speed-up."""
+    lines: list[str] = []
+    metric_keys = {t: list(g["metric_keys"].iloc[0]) for t, g in runs.groupby("task", sort=False)}
+    for model, mt in table.groupby("model", sort=False):
+        tasks = list(_order(mt["task"]))
+        header = ["method", "density", "% retained"] + [
+            f"{t} ({'/'.join(metric_keys.get(t, []))})" for t in tasks] + ["speed-up"]
+        lines += [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for (label, density), g in mt.groupby(["label", "density"], sort=False):
+            cells = [str(label), "–" if g["dense"].iloc[0] else f"{density:g}",
+                     f"{g['retained_percent'].mean():.1f}"]
+            for t in tasks:
+                row = g[g["task"] == t]
+                if row.empty:
+                    cells.append("–")
+                    continue
+                row = row.iloc[0]
+                scale = _scale(t)
+                cells.append(" / ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std"), scale)
+                                        for k in metric_keys.get(t, [])))
+            speed = g["speedup_mean"].mean()
+            cells.append("–" if math.isnan(speed) else f"{speed:.2f}×")
+            lines.append("| " + " | ".join(cells) + " |")
+        seeds = sorted({int(n) for n in mt["n_seeds"]})
+        lines += ["", f"Mean ± sample std over {'/'.join(map(str, seeds))} seed(s); GLUE scores ×100, SQuAD EM/F1 "
+                      f"in %. % retained: non-zero encoder linear weights (sparse) or stored factor weights "
+                      f"(low-rank), relative to the dense encoder. Speed-up: dense latency / model latency "
+                      f"(batch 32 × 128 tokens).", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Rank study rows
+# --------------------------------------------------------------------------------------------
+
+def load_rank_rows(rows: Sequence[dict[str, Any]]):
+    """One line per rank-studied model: % retained, headline, average rank (from rank.json)."""
+    import pandas as pd
+
+    records = []
+    for row in rows:
+        blob = _read_json(row["rank"])
+        models = blob.get("models") or []
+        if not models:
+            raise LpafError(f"report: {row['rank']} has no models (not an 'lpaf rank-study' output)")
+        study = models[0]
+        summary = study.get("summary", {})
+        records.append({
+            "model": row["model"], "task": row["task"], "seed": row["seed"], "label": row["label"],
+            "density": row["density"], "dense": bool(row["dense"]), "chain": row.get("chain", ""),
+            "retained_percent": _number(study.get("retained_percent")),
+            "metric": _number(study.get("metric")), "metric_name": study.get("metric_name"),
+            "avg_rank": _number(summary.get("mean_rank")),
+            "avg_rank_fraction": _number(summary.get("mean_rank_fraction")),
+            "avg_effective_rank_99": _number(summary.get("mean_effective_rank_99")),
+        })
+    columns = ["model", "task", "seed", "label", "density", "dense", "retained_percent", "metric", "metric_name",
+               "avg_rank", "avg_rank_fraction", "avg_effective_rank_99", "chain"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def _atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_csv(df, path: str | Path) -> None:
+    _atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: str | Path | None = None,
+                runs_path: str | Path | None = None, rank_rows: Sequence[dict[str, Any]] = (),
+                rank_path: str | Path | None = None):
+    """Read every run, write table.csv (+ table.md, runs.csv, rank_study.csv); return the table."""
+    runs = load_runs(rows)
+    table = aggregate(runs)
+    _write_csv(table, csv_path)
+    if md_path is not None:
+        _atomic_write_text(md_path, markdown_table(table, runs))
+    if runs_path is not None:
+        _write_csv(runs.drop(columns=["metric_keys"]), runs_path)
+    if rank_path is not None:
+        _write_csv(load_rank_rows(rank_rows), rank_path)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def _figure(width: float = 5.5, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, out_path: str | Path) -> Path:
+    out = Path(out_path)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise LpafError(f"figure path {out} must end in .png, .pdf or .svg")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{out.suffix}")
+    fig.savefig(tmp, dpi=FIGURE_DPI)
+    os.replace(tmp, out)
+    return out
+
+
+def _read_table(table):
+    import pandas as pd
+
+    return pd.read_csv(table) if isinstance(table, (str, Path)) else table
+
+
+def metric_figure(table, task: str, out_path: str | Path) -> Path:
+    """Headline metric (mean ± std over seeds) vs % encoder parameters retained, one line per method;
+    the dense teacher is a dashed horizontal line."""
+    table = _read_table(table)
+    rows = table[table["task"] == task]
+    if rows.empty:
+        raise LpafError(f"metric figure: no rows for task {task!r} (tasks in the table: "
+                        f"{', '.join(map(str, table['task'].unique()))})")
+    fig = _figure()
+    ax = fig.subplots()
+    scale = _scale(task)
+    for _, d in rows[rows["dense"]].iterrows():
+        ax.axhline(d["headline_mean"] * scale, color="black", linestyle="--", linewidth=1,
+                   label=f"{d['label']} (100%)")
+    for label, g in rows[~rows["dense"]].groupby("label", sort=False):
+        g = g.sort_values("retained_percent")
+        std = g["headline_std"].fillna(0.0) * scale
+        ax.errorbar(g["retained_percent"], g["headline_mean"] * scale, yerr=std, marker="o", capsize=3, label=label)
+    metric = rows["headline_metric"].iloc[0]
+    ax.set_xlabel("% encoder parameters retained")
+    ax.set_ylabel(f"{metric}" + (" (×100)" if scale == 100.0 else ""))
+    ax.set_title(f"{rows['model'].iloc[0]} · {task}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def speedup_figure(table, out_path: str | Path) -> Path:
+    """Measured inference speed-up vs % retained, one line per method (mean over tasks)."""
+    table = _read_table(table)
+    fig = _figure()
+    ax = fig.subplots()
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense (1×)")
+    sparse = table[~table["dense"]]
+    for label, g in sparse.groupby("label", sort=False):
+        pts = g.groupby("density").agg(x=("retained_percent", "mean"), y=("speedup_mean", "mean")).dropna()
+        if pts.empty:
+            continue
+        pts = pts.sort_values("x")
+        ax.plot(pts["x"], pts["y"], marker="o", label=label)
+    ax.set_xlabel("% encoder parameters retained")
+    ax.set_ylabel("inference speed-up vs dense (×)")
+    models = ", ".join(map(str, table["model"].unique()))
+    ax.set_title(f"{models} · batch 32 × 128 tokens")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
+    """The paper's rank-study figure for one task (lpaf.analysis.rank_study_figure)."""
+    from lpaf.analysis import rank_study_figure
+
+    ranks = _read_table(rank_rows)
+    rows = ranks[ranks["task"] == task]
+    if rows.empty:
+        raise LpafError(f"rank figure: no rank-study rows for task {task!r}")
+    entries = [{"method": r["label"], "retained_percent": float(r["retained_percent"]),
+                "metric": None if math.isnan(r["metric"]) else float(r["metric"]),
+                "metric_name": r["metric_name"], "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"])}
+               for _, r in rows.iterrows()]
+    return rank_study_figure(entries, out_path)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: python -m lpaf.report ...
+# --------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lpaf.report", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("table", help="run rows (JSON list) -> table.csv, table.md, runs.csv")
+    t.add_argument("--rows", required=True, help="JSON file: list of run rows (model, task, method, label, density, "
+                                                 "seed, metrics, eval, dense_eval)")
+    t.add_argument("--out", default="results", help="output directory")
+    f = sub.add_parser("figure", help="draw one figure from results/table.csv or results/rank_study.csv")
+    f.add_argument("kind", choices=["metric", "speedup", "rank"])
+    f.add_argument("--table", default="results/table.csv", help="table.csv (metric, speedup) or rank_study.csv (rank)")
+    f.add_argument("--task", help="task (metric, rank)")
+    f.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "table":
+            rows = _read_json_list(args.rows)
+            out = Path(args.out)
+            write_table(rows, out / "table.csv", out / "table.md", out / "runs.csv")
+        elif args.kind == "speedup":
+            speedup_figure(args.table, args.out)
+        else:
+            if not args.task:
+                parser.error(f"figure {args.kind} needs --task")
+            (metric_figure if args.kind == "metric" else rank_figure)(args.table, args.task, args.out)
+    except LpafError as e:
+        sys.stderr.write(f"lpaf report: error: {e}\n")
+        return 2
+    return 0
+
+
+def _read_json_list(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)
+    if not isinstance(rows, list):
+        raise LpafError(f"{path}: expected a JSON list of run rows")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

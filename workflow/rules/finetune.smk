@@ -1,0 +1,28 @@
+# Stage 0: fine-tune the pre-trained model on each task and seed - the dense reference row and
+# the distillation teacher of every later stage. One per (task, seed), shared by all rows.
+
+
+rule finetune:
+    input:
+        model=model_input,
+        data=data_input,
+    output:
+        metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/metrics.json",
+    log:
+        "logs/{model}/{task}/s{seed}/{teacher}/finetune.log",
+    params:
+        model=model_dir(),
+        revision=to_flags({"model_revision": config["model_revision"]}),
+        data=lambda wildcards: data_flags(wildcards.task),
+        flags=teacher_flags,
+        run=run_flags(),
+        out=lambda wildcards, output: out_dir(output.metrics),
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpus(),
+    conda:
+        "../envs/lpaf.yaml"
+    shell:
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
+        "lpaf finetune --model {params.model} {params.revision} {params.data} --seed {wildcards.seed} "
+        "{params.flags} {params.run} --out {params.out} > {log} 2>&1"

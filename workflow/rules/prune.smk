@@ -1,0 +1,26 @@
+# Stage 1: prune the teacher (movement / magnitude / soft movement / PLATON) to one density.
+# One per (task, seed, pruning setting, density), shared by every row that starts with it.
+
+
+rule prune:
+    input:
+        teacher=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/metrics.json",
+    output:
+        metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/{{prune}}/metrics.json",
+    log:
+        "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.log",
+    params:
+        teacher=lambda wildcards, input: out_dir(input.teacher),
+        data=lambda wildcards: data_flags(wildcards.task),
+        flags=stage_flags("prune"),
+        run=run_flags(),
+        out=lambda wildcards, output: out_dir(output.metrics),
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpus(),
+    conda:
+        "../envs/lpaf.yaml"
+    shell:
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
+        "lpaf prune --model {params.teacher} {params.data} --seed {wildcards.seed} "
+        "{params.flags} {params.run} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,83 @@
+# The table and the figures: light local rules over the metrics files, rerun whenever a row
+# changes. `snakemake --report results/report.html` collects the figures with their captions.
+
+
+rule table:
+    input:
+        metrics=[r["metrics"] for r in PLAN.report_rows()],
+        evals=sorted({f for r in PLAN.report_rows() for f in (r["eval"], r["dense_eval"]) if f}),
+        ranks=[r["rank"] for r in PLAN.rank_rows()],
+    output:
+        csv=report(f"{RESULTS}/table.csv", caption="../report/table.rst", category="Table"),
+        md=f"{RESULTS}/table.md",
+        runs=f"{RESULTS}/runs.csv",
+        ranks=f"{RESULTS}/rank_study.csv",
+    log:
+        "logs/report/table.log",
+    params:
+        rows=PLAN.report_rows(),
+        rank_rows=PLAN.rank_rows(),
+    conda:
+        "../envs/lpaf.yaml"
+    script:
+        "../scripts/table.py"
+
+
+rule figure_metric:
+    input:
+        table=rules.table.output.csv,
+    output:
+        report(
+            f"{RESULTS}/figures/{{task}}_metric.png",
+            caption="../report/metric.rst",
+            category="Metric vs % retained",
+            labels={"task": "{task}"},
+        ),
+    log:
+        "logs/report/figure_metric_{task}.log",
+    params:
+        kind="metric",
+    conda:
+        "../envs/lpaf.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_rank:
+    input:
+        ranks=rules.table.output.ranks,
+    output:
+        report(
+            f"{RESULTS}/figures/{{task}}_rank.png",
+            caption="../report/rank.rst",
+            category="Rank study",
+            labels={"task": "{task}"},
+        ),
+    log:
+        "logs/report/figure_rank_{task}.log",
+    params:
+        kind="rank",
+    conda:
+        "../envs/lpaf.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_speedup:
+    input:
+        table=rules.table.output.csv,
+    output:
+        report(
+            f"{RESULTS}/figures/speedup.png",
+            caption="../report/speedup.rst",
+            category="Speed-up",
+            labels={"figure": "speed-up vs % retained"},
+        ),
+    log:
+        "logs/report/figure_speedup.log",
+    params:
+        kind="speedup",
+    conda:
+        "../envs/lpaf.yaml"
+    script:
+        "../scripts/figure.py"

@@ -1,0 +1,28 @@
+# Stage 3: re-train a factorized model (plain or mixed-rank), distilling from the teacher.
+
+
+rule retrain:
+    input:
+        model=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{source}}/{{fact}}/metrics.json",
+        teacher=lambda wildcards: f"{RESULTS}/{wildcards.model}/{wildcards.task}/s{wildcards.seed}/"
+        f"{teacher_of(wildcards.source)}/metrics.json",
+    output:
+        metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{source}}/{{fact}}/{{retrain}}/metrics.json",
+    log:
+        "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.log",
+    params:
+        model=lambda wildcards, input: out_dir(input.model),
+        teacher=lambda wildcards, input: out_dir(input.teacher),
+        data=lambda wildcards: data_flags(wildcards.task),
+        flags=stage_flags("retrain"),
+        run=run_flags(),
+        out=lambda wildcards, output: out_dir(output.metrics),
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpus(),
+    conda:
+        "../envs/lpaf.yaml"
+    shell:
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
+        "lpaf retrain --model {params.model} --teacher {params.teacher} {params.data} --seed {wildcards.seed} "
+        "{params.flags} {params.run} --out {params.out} > {log} 2>&1"

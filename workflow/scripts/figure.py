@@ -1,0 +1,17 @@
+"""Snakemake script of the figure rules: one figure per job (kind in params). The logic lives in
+lpaf.report; outside Snakemake, `python -m lpaf.report figure KIND ...` draws the same figure."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+
+from lpaf.report import metric_figure, rank_figure, speedup_figure  # noqa: E402
+
+kind = snakemake.params.kind  # noqa: F821
+out = snakemake.output[0]  # noqa: F821
+if kind == "metric":
+    metric_figure(snakemake.input.table, snakemake.wildcards.task, out)  # noqa: F821
+elif kind == "rank":
+    rank_figure(snakemake.input.ranks, snakemake.wildcards.task, out)  # noqa: F821
+else:
+    speedup_figure(snakemake.input.table, out)  # noqa: F821
