@@ -12,11 +12,12 @@ the objective provably never increases). Two solvers share one result type:
 
 - :func:`weighted_svd_em_exact`: one full SVD per EM step — the reference (float64 by default);
 - :func:`sparsity_aware_svd_batched`: the fast solver. The EM step only needs the top-r subspace
-  of ``Y = X + Ω² ⊙ (W_s − X)``, which moves little from one step to the next, so each step does
+  of ``Y = Ω²⊙W_s + (1 − Ω²)⊙X``, which moves little from one step to the next, so each step does
   warm-started block subspace iteration from the previous basis, batched over matrices of one
-  shape (three or more ``[b, m, n] x [b, n, r]`` products per step; CPU or CUDA). Each step is
-  still a descent step: it projects Y onto a column space that contains ``Y`` times the previous
-  row space, which is at least as good as the previous iterate.
+  shape (three ``[b, m, n] x [b, n, r]``-sized products per step; CPU or CUDA). Plain EM with
+  pruned-entry weight 0 needs hundreds of steps, so by default the fast solver adds Nesterov
+  momentum with restarts (Yao & Kwok's accelerated inexact impute): in the same number of steps it
+  reaches a far lower objective than the exact EM, and its objective never increases either.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ Factorizer = Callable[[Tensor, "Tensor | None", int], tuple[Tensor, Tensor]]
 RankRule = Literal["budget", "nnz"]
 Method = Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd"]
 Solver = Literal["fast", "exact"]
+Acceleration = Literal["nesterov", "none"]
 
 COMPUTE_DTYPE = torch.float32
 REFERENCE_DTYPE = torch.float64
@@ -141,7 +143,9 @@ def allocate_ranks(
     if rule not in ("budget", "nnz"):
         raise LpafError(f"rank rule must be 'budget' or 'nnz', got {rule!r}")
     if rule == "budget":
-        p = _density_fraction(density if density is not None else float("nan"))
+        if density is None:
+            raise LpafError("rank rule 'budget' needs a density in (0, 1]")
+        p = _density_fraction(density)
     elif nnz is None:
         raise LpafError("rank rule 'nnz' needs the non-zero count of every matrix")
     else:
@@ -403,9 +407,9 @@ def weighted_svd_em_exact(
     trace = [objective.item()]
     converged = False
     iterations = 0
-    tiny = torch.finfo(dtype).tiny
+    floor = (100 * torch.finfo(dtype).eps) ** 2 * ((om * W) ** 2).sum()  # round-off level
     while iterations < max_iters:
-        if objective <= tiny:
+        if objective <= floor:
             converged = True
             break
         U, S, Vh = _truncated_svd(X + em_weight * (W - X), rank)
@@ -431,9 +435,27 @@ def _check_em_options(max_iters: int, tol: float) -> None:
 
 
 def _orthonormal(M: Tensor) -> Tensor:
-    """Orthonormal basis of the columns of a [b, k, r] batch (Householder QR: safe for rank-deficient
-    blocks, which exactly low-rank matrices produce)."""
-    return torch.linalg.qr(M, mode="reduced")[0]
+    """Orthonormal basis of the columns of a [b, k, r] batch.
+
+    CholeskyQR2 (two passes of Q <- Q chol(QᵀQ)⁻ᵀ) is all matrix products, several times faster
+    than Householder QR on CPU; members where it breaks down (rank-deficient blocks, which exactly
+    low-rank matrices produce, NaN, or loss of orthogonality) are redone with Householder QR.
+    """
+    Q = M
+    ok = torch.ones(M.shape[0], dtype=torch.bool, device=M.device)
+    for second_pass in (False, True):
+        gram = Q.mT @ Q
+        if second_pass:  # the first pass must already be nearly orthonormal (False for NaN too)
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            ok &= (gram - eye).abs().amax(dim=(-2, -1)) < 0.1
+        L, info = torch.linalg.cholesky_ex(gram)
+        ok &= info == 0
+        Q = torch.linalg.solve_triangular(L.mT, Q, upper=True, left=False)
+    if not ok.all():
+        idx = (~ok).nonzero().flatten()
+        # Column-major input: LAPACK's layout, much faster than a row-major batch.
+        Q[idx] = torch.linalg.qr(M[idx].mT.contiguous().mT, mode="reduced")[0]
+    return Q
 
 
 def _project_rows(Y: Tensor, P: Tensor, power_steps: int) -> tuple[Tensor, Tensor]:
@@ -441,13 +463,22 @@ def _project_rows(Y: Tensor, P: Tensor, power_steps: int) -> tuple[Tensor, Tenso
     product Q C is the projection of Y onto a column space containing span(Y P)."""
     for step in range(power_steps):
         if step:
-            P = _orthonormal(C.transpose(-1, -2))
+            P = _orthonormal(C.mT)
         Q = _orthonormal(torch.bmm(Y, P))
-        C = torch.bmm(Q.transpose(-1, -2), Y)
+        C = torch.bmm(Q.mT, Y)
     return Q, C
 
 
-Acceleration = Literal["nesterov", "none"]
+def _randomized_low_rank(W: Tensor, rank: int, steps: int, seed: int) -> tuple[Tensor, Tensor]:
+    """X₀ ≈ SVD_r(W) as Q C: randomized subspace iteration with a block of 2r columns (oversampling
+    makes a few steps accurate even on the flat spectra of trained weights), truncated to rank r."""
+    batch, m, n = W.shape
+    block = min(2 * rank, m, n)
+    generator = torch.Generator(device=W.device).manual_seed(seed)
+    P = _orthonormal(torch.randn(batch, n, block, generator=generator, device=W.device, dtype=W.dtype))
+    Q, C = _project_rows(W, P, steps)
+    U, S, Vh = torch.linalg.svd(C, full_matrices=False)  # small: block x n
+    return torch.bmm(Q, U[..., :rank]), S[..., :rank, None] * Vh[..., :rank, :]
 
 
 def _nesterov_beta(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -472,16 +503,16 @@ def sparsity_aware_svd_batched(
     """Fast EM for a batch of equal-shape matrices ``weights`` [b, m, n] with entry weights ``omegas``
     (same shape; None = all ones), on the tensors' device.
 
-    Each EM step forms Y = Z + Ω²⊙(W_s − Z) and runs ``power_steps`` warm-started subspace-iteration
-    steps from the previous row basis instead of a full SVD. With ``acceleration="none"``, Z = X_k:
-    plain EM, every step a descent step. With ``"nesterov"`` (default), Z = X_k + β_k (X_k − X_{k−1})
-    (the accelerated inexact impute of Yao & Kwok 2015): plain EM needs hundreds of steps when the
-    pruned entries have weight 0, momentum reaches a far lower objective in the same number of steps.
-    A momentum step that raises a matrix's objective is undone and replaced by a plain step (restart),
-    so the recorded objective never increases in either mode.
+    Each EM step forms Y = Ω²⊙W_s + (1 − Ω²)⊙Z and runs ``power_steps`` warm-started
+    subspace-iteration steps from the previous row basis instead of a full SVD. With
+    ``acceleration="none"``, Z = X_k: plain EM, every step a descent step. With ``"nesterov"``
+    (default), Z = X_k + β_k (X_k − X_{k−1}) (the accelerated inexact impute of Yao & Kwok 2015):
+    plain EM needs hundreds of steps when pruned entries have weight 0; momentum reaches a far lower
+    objective in the same number of steps. A momentum step that raises a matrix's objective is undone
+    and replaced by a plain step (restart), so the recorded objective never increases in either mode.
 
-    X₀ is the rank-r approximation of W_s from ``init_steps`` steps of randomized subspace iteration
-    (seeded). Every matrix stops on its own tolerance, as if it were run alone. ``objectives[i]`` holds
+    X₀ is the rank-r approximation of W_s from ``init_steps`` steps of oversampled randomized
+    subspace iteration (seeded). Every matrix stops on its own tolerance, as if it were run alone. ``objectives[i]`` holds
     the objective of each accepted iterate; ``iterations[i]`` counts EM steps, undone ones included.
     """
     _check_em_options(max_iters, tol)
@@ -499,34 +530,38 @@ def sparsity_aware_svd_batched(
         raise LpafError(f"weights of shape {tuple(weights.shape)} contain NaN or Inf")
     om = torch.ones_like(W) if omegas is None else _check_entry_weights(omegas, (batch, m, n), dtype)
     device = W.device
+    momentum = acceleration == "nesterov"
 
-    generator = torch.Generator(device=device).manual_seed(seed)
-    P = _orthonormal(torch.randn(batch, n, rank, generator=generator, device=device, dtype=dtype))
-    Q, C = _project_rows(W, P, init_steps)
+    Q, C = _randomized_low_rank(W, rank, init_steps, seed)
 
-    # Working state of the matrices still iterating (row s of every tensor <-> original active[s]).
-    s = {
-        "W": W, "om": om, "Q": Q, "C": C,
+    # Constant parts of the two element-wise formulas, so each costs one fused pass:
+    #   Ω⊙(W − X) = ΩW − Ω⊙X,   Y = Ω²W + (1 − Ω²)⊙Z.
+    om_w = om * W
+    s = {  # working state of the matrices still iterating: row j <-> original index active[j]
+        "om": om, "om_w": om_w, "om2_w": om * om_w, "fill": 1.0 - om * om,
         "X": torch.empty_like(W),  # current iterate X_k, dense
-        "X_prev": torch.zeros_like(W),  # previous accepted iterate (momentum, undo)
-        "R": torch.empty_like(W),  # scratch: residuals, Z, Y
-        "Q_prev": Q, "C_prev": C,
+        "R": torch.empty_like(W),  # scratch: weighted residual, then Z or Y
+        "Q": Q, "C": C, "Q_prev": Q, "C_prev": C,
         "t": torch.ones(batch, dtype=dtype, device=device),
         "f_prev": torch.full((batch,), math.inf, dtype=dtype, device=device),
         "momentum": torch.zeros(batch, dtype=torch.bool, device=device),  # iterate came from β > 0
     }
+    if momentum:
+        s["X_prev"] = torch.zeros_like(W)  # previous accepted iterate: momentum and undo
+    del W, om, om_w
     active = list(range(batch))
     traces: list[list[float]] = [[] for _ in range(batch)]
     iterations = [0] * batch
     converged = [False] * batch
     out_Q = torch.empty(batch, m, rank, dtype=dtype, device=device)
     out_C = torch.empty(batch, rank, n, dtype=dtype, device=device)
-    tiny = torch.finfo(dtype).tiny
-    first = True
+    # Objectives below this are round-off: (100 eps ||Ω⊙W||)², i.e. a relative error of ~1e-5 in float32.
+    floor = (100 * torch.finfo(dtype).eps) ** 2 * torch.linalg.vector_norm(s["om_w"], dim=(-2, -1)).square()
+    s["floor"] = floor
     for step in range(max_iters + 1):
         X, R = s["X"], s["R"]
         torch.bmm(s["Q"], s["C"], out=X)
-        torch.sub(s["W"], X, out=R).mul_(s["om"])
+        torch.addcmul(s["om_w"], s["om"], X, value=-1.0, out=R)
         objective = torch.linalg.vector_norm(R, dim=(-2, -1)).square()
         undo = s["momentum"] & (objective > s["f_prev"])
         if undo.any():  # restart: back to the previous iterate, next step without momentum
@@ -536,10 +571,9 @@ def sparsity_aware_svd_batched(
             objective = torch.where(undo, s["f_prev"], objective)
             s["t"] = torch.where(undo, torch.ones_like(s["t"]), s["t"])
         accepted = ~undo
-        done = objective <= tiny
-        if not first:
+        done = objective <= s["floor"]
+        if step:
             done |= accepted & (_relative_change(s["f_prev"], objective) < tol)
-        first = False
         for slot, (value, ok) in enumerate(zip(objective.tolist(), accepted.tolist())):
             if ok:
                 traces[active[slot]].append(value)
@@ -562,18 +596,17 @@ def sparsity_aware_svd_batched(
             active = [active[slot] for slot in keep_slots]
             X, R = s["X"], s["R"]
 
-        # Z = X_k + β (X_k − X_{k−1}), built in R; X_prev takes X_k; the freed buffer gets W − Z.
-        if acceleration == "nesterov":
+        if momentum:  # Z = (1 + β) X_k − β X_{k−1} in R; Y in X_prev's buffer, which X_k then takes over
             beta, s["t"] = _nesterov_beta(s["t"])
-            torch.sub(X, s["X_prev"], out=R).mul_(beta.view(-1, 1, 1)).add_(X)
-            s["momentum"] = beta > 0
+            beta = beta.view(-1, 1, 1)
+            torch.mul(X, 1.0 + beta, out=R).addcmul_(s["X_prev"], -beta)
+            Y = torch.addcmul(s["om2_w"], s["fill"], R, out=s["X_prev"])
+            s["X"], s["X_prev"] = Y, X
+            s["momentum"] = beta.view(-1) > 0
         else:
-            R.copy_(X)
-        s["X"], s["X_prev"] = s["X_prev"], X
-        Y_part = torch.sub(s["W"], R, out=s["X"]).mul_(s["om"]).mul_(s["om"])
-        Y = R.add_(Y_part)  # Y = Z + Ω² ⊙ (W − Z)
+            Y = torch.addcmul(s["om2_w"], s["fill"], X, out=R)
         s["Q_prev"], s["C_prev"], s["f_prev"] = s["Q"], s["C"], objective
-        P = _orthonormal(s["C"].transpose(-1, -2))  # row space of X_k
+        P = _orthonormal(s["C"].mT)  # row space of X_k
         s["Q"], s["C"] = _project_rows(Y, P, power_steps)
         for original in active:
             iterations[original] += 1
@@ -652,11 +685,18 @@ FACTORIZERS: dict[str, Factorizer] = {
     "sparsity-aware": sparsity_aware_svd,
     "importance-row-svd": importance_row_svd,
 }
+# What ``method_weights`` holds per method (None: the method takes none); used in error messages.
+METHOD_WEIGHTS: dict[str, str | None] = {
+    "svd": None,
+    "fwsvd": "Fisher row importance (length m) or squared gradients (m x n)",
+    "sparsity-aware": "entry weights Ω (m x n, in [0, 1])",
+    "importance-row-svd": "first-order importance scores (m x n)",
+}
 
 
 @dataclass
 class MatrixFactorization:
-    """One matrix's factors and the per-matrix log line of the factorize stage."""
+    """One matrix's factors (A: m x r, B: r x n) and its line in the factorize stage's log."""
 
     A: Tensor
     B: Tensor
@@ -668,44 +708,80 @@ class MatrixFactorization:
     objectives: list[float] = field(default_factory=list)
 
     def log_record(self) -> dict:
-        m, r = self.A.shape
-        n = self.B.shape[1]
+        m, n = self.A.shape[0], self.B.shape[1]
         return {
             "shape": [m, n],
             "rank": self.rank,
-            "stored_weights": r * (m + n),
+            "stored_weights": self.rank * (m + n),
             "relative_error": self.relative_error,
             "weighted_relative_error": self.weighted_relative_error,
             "iterations": self.iterations,
             "converged": self.converged,
-            "objective_first": self.objectives[0] if self.objectives else None,
-            "objective_last": self.objectives[-1] if self.objectives else None,
+            "objective_initial": self.objectives[0] if self.objectives else None,
+            "objective_final": self.objectives[-1] if self.objectives else None,
         }
 
 
 def _check_named_inputs(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
-                        extra: Mapping[str, Tensor] | None, method: str) -> None:
-    """Collect every naming/shape problem and report them in one error."""
-    problems = []
+                        method_weights: Mapping[str, Tensor] | None, method: str) -> None:
+    """Collect every naming and shape problem and report them in one error."""
     if method not in FACTORIZERS:
-        problems.append(f"method must be one of {', '.join(FACTORIZERS)}, got {method!r}")
+        raise LpafError(f"method must be one of {', '.join(FACTORIZERS)}, got {method!r}")
+    problems = []
     missing_rank = sorted(set(weights) - set(ranks))
     if missing_rank:
         problems.append(f"no rank for {', '.join(missing_rank[:5])}")
-    if method == "svd" and extra is not None:
-        problems.append("svd takes no weights")
-    if method in ("sparsity-aware", "importance-row-svd", "fwsvd") and extra is None and method != "fwsvd":
-        problems.append(f"{method} needs per-matrix weights (entry weights Ω or importance scores)")
-    if extra is not None:
-        missing = sorted(set(weights) - set(extra))
+    expected = METHOD_WEIGHTS[method]
+    if expected is None and method_weights is not None:
+        problems.append(f"{method} takes no weights")
+    elif expected is not None and method_weights is None and method != "fwsvd":
+        problems.append(f"{method} needs {expected} for every matrix")
+    elif expected is not None and method_weights is not None:
+        missing = sorted(set(weights) - set(method_weights))
         if missing:
             problems.append(f"no {method} weights for {', '.join(missing[:5])}")
         for name, w in weights.items():
-            if name in extra and method != "fwsvd" and tuple(extra[name].shape) != tuple(w.shape):
-                problems.append(f"{method} weights for {name} have shape {tuple(extra[name].shape)}, "
-                                f"expected {tuple(w.shape)}")
+            extra = method_weights.get(name)
+            if extra is None:
+                continue
+            shape_ok = tuple(extra.shape) == tuple(w.shape) or (
+                method == "fwsvd" and tuple(extra.shape) == (w.shape[0],))
+            if not shape_ok:
+                problems.append(f"{method} weights for {name} have shape {tuple(extra.shape)}, expected "
+                                f"{expected} for a weight of shape {tuple(w.shape)}")
     if problems:
         raise LpafError("; ".join(problems))
+
+
+def _solve_sparsity_aware(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
+                          omegas: Mapping[str, Tensor], solver: Solver, max_iters: int, tol: float,
+                          acceleration: Acceleration, device: torch.device | str | None,
+                          max_batch_bytes: int, seed: int) -> dict[str, WeightedLowRankResult]:
+    """Per-name EM results; the fast solver runs matrices of one (shape, rank) as one batch."""
+    if solver not in ("fast", "exact"):
+        raise LpafError(f"solver must be 'fast' or 'exact', got {solver!r}")
+    if solver == "exact":
+        return {k: weighted_svd_em_exact(w, omegas[k], ranks[k], max_iters=max_iters, tol=tol)
+                for k, w in weights.items()}
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name, w in weights.items():
+        groups[(tuple(w.shape), ranks[name])].append(name)
+    results = {}
+    bytes_per_value = torch.finfo(COMPUTE_DTYPE).bits // 8
+    for ((m, n), rank), names in groups.items():
+        per_batch = max(1, max_batch_bytes // (m * n * bytes_per_value))
+        for first in range(0, len(names), per_batch):
+            chunk = names[first:first + per_batch]
+            target = torch.device(device) if device is not None else weights[chunk[0]].device
+            Ws = torch.stack([_as_matrix(weights[k], COMPUTE_DTYPE, f"weight of {k}") for k in chunk])
+            Os = torch.stack([_check_entry_weights(omegas[k], (m, n), COMPUTE_DTYPE, f"entry weights of {k}")
+                              for k in chunk])
+            res = sparsity_aware_svd_batched(Ws.to(target), Os.to(target), rank, max_iters=max_iters,
+                                             tol=tol, acceleration=acceleration, seed=seed)
+            for i, k in enumerate(chunk):
+                results[k] = WeightedLowRankResult(res.A[i].cpu(), res.B[i].cpu(), [res.iterations[i]],
+                                                   [res.objectives[i]], [res.converged[i]], res.wall_time_s)
+    return results
 
 
 def factorize_matrices(
@@ -717,51 +793,37 @@ def factorize_matrices(
     solver: Solver = "fast",
     max_iters: int = DEFAULT_MAX_ITERS,
     tol: float = DEFAULT_TOL,
+    acceleration: Acceleration = "nesterov",
     device: torch.device | str | None = None,
     max_batch_bytes: int = 1 << 30,
     seed: int = 0,
 ) -> dict[str, MatrixFactorization]:
     """Factorize named matrices (e.g. every encoder linear) and compute their log records.
 
-    ``method_weights``: per-name Fisher row importance (fwsvd), entry weights Ω (sparsity-aware) or
-    importance scores (importance-row-svd); None for svd. Sparsity-aware SVD with the fast solver
-    groups matrices by (shape, rank) and solves each group in batches of at most ``max_batch_bytes``
-    per [b, m, n] tensor, on ``device`` (default: the weights' device).
+    ``method_weights`` per name: Fisher row importance (fwsvd; None = uniform), entry weights Ω
+    (sparsity-aware: W is then the pruned matrix W_s), importance scores (importance-row-svd); None
+    for svd. Sparsity-aware SVD uses ``solver`` ("fast": matrices of one shape and rank batched,
+    at most ``max_batch_bytes`` per [b, m, n] tensor, on ``device``; "exact": full-SVD EM).
+    Factors come back on the CPU in float32, in the order of ``weights``.
     """
     _check_named_inputs(weights, ranks, method_weights, method)
-    results: dict[str, MatrixFactorization] = {}
     if method == "sparsity-aware":
         _check_em_options(max_iters, tol)
-        groups: dict[tuple, list[str]] = defaultdict(list)
+        solved = _solve_sparsity_aware(weights, ranks, method_weights, solver, max_iters, tol, acceleration,
+                                       device, max_batch_bytes, seed)
+        out = {}
         for name, w in weights.items():
-            groups[(tuple(w.shape), ranks[name])].append(name)
-        for ((m, n), rank), names in groups.items():
-            per_batch = max(1, max_batch_bytes // (m * n * torch.finfo(COMPUTE_DTYPE).bits // 8))
-            for first in range(0, len(names), per_batch):
-                chunk = names[first:first + per_batch]
-                target = torch.device(device) if device is not None else weights[chunk[0]].device
-                if solver == "exact":
-                    parts = [weighted_svd_em_exact(weights[k], method_weights[k], rank,
-                                                   max_iters=max_iters, tol=tol) for k in chunk]
-                    solved = [(p.A, p.B, p.iterations[0], p.converged[0], p.objectives[0]) for p in parts]
-                elif solver == "fast":
-                    Ws = torch.stack([_as_matrix(weights[k], COMPUTE_DTYPE, k) for k in chunk]).to(target)
-                    Os = torch.stack([_check_entry_weights(method_weights[k], (m, n), COMPUTE_DTYPE,
-                                                           f"entry weights of {k}") for k in chunk]).to(target)
-                    res = sparsity_aware_svd_batched(Ws, Os, rank, max_iters=max_iters, tol=tol, seed=seed)
-                    solved = [(res.A[i], res.B[i], res.iterations[i], res.converged[i], res.objectives[i])
-                              for i in range(len(chunk))]
-                else:
-                    raise LpafError(f"solver must be 'fast' or 'exact', got {solver!r}")
-                for k, (A, B, its, conv, trace) in zip(chunk, solved):
-                    A, B = A.to(COMPUTE_DTYPE).cpu(), B.to(COMPUTE_DTYPE).cpu()
-                    results[k] = MatrixFactorization(
-                        A, B, rank, relative_error(weights[k], A, B),
-                        weighted_relative_error(weights[k], A, B, method_weights[k]), its, conv, trace)
-        return {k: results[k] for k in weights}
+            res = solved[name]
+            A, B = res.A.to(COMPUTE_DTYPE), res.B.to(COMPUTE_DTYPE)
+            out[name] = MatrixFactorization(
+                A, B, ranks[name], relative_error(w, A, B),
+                weighted_relative_error(w, A, B, method_weights[name]),
+                res.iterations[0], res.converged[0], res.objectives[0])
+        return out
     factorizer = FACTORIZERS[method]
+    out = {}
     for name, w in weights.items():
         extra = None if method_weights is None else method_weights[name]
         A, B = factorizer(w, extra, ranks[name])
-        results[name] = MatrixFactorization(A, B, ranks[name], relative_error(w, A, B))
-    return results
+        out[name] = MatrixFactorization(A, B, ranks[name], relative_error(w, A, B))
+    return out

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+import time
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from lpaf import factorize
 from lpaf.errors import LpafError
-from lpaf.modules import find_encoder_linears
+from lpaf.modules import find_encoder_linears, linear_weight
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +104,13 @@ class LowRankLinear(nn.Module):
         return module
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, factorizer: Callable | None = None,
+    def from_linear(cls, linear: nn.Linear, rank: int, factorizer: factorize.Factorizer | None = None,
                     weights: torch.Tensor | None = None) -> "LowRankLinear":
         """Factorize ``linear.weight`` (out x in) with ``factorizer(W, weights, rank) -> (A, B)``
         (default: truncated SVD); the new module keeps the linear's bias, dtype and device."""
         if not isinstance(linear, nn.Linear):
             raise LpafError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        if factorizer is None:
-            from lpaf.factorize import svd as factorizer
+        factorizer = factorize.svd if factorizer is None else factorizer
         A, B = factorizer(linear.weight.detach(), weights, rank)
         dtype, device = linear.weight.dtype, linear.weight.device
         bias = None if linear.bias is None else linear.bias.detach()
@@ -219,6 +220,44 @@ def install_lowrank_modules(model: nn.Module, ranks: Mapping[str, int], source: 
                                                   bias=linear.bias is not None, device=linear.weight.device,
                                                   dtype=linear.weight.dtype))
     return model
+
+
+def factorize_encoder(
+    model: nn.Module,
+    method: factorize.Method = "svd",
+    *,
+    density: float | None = None,
+    rank_rule: factorize.RankRule = "budget",
+    method_weights: Mapping[str, torch.Tensor] | None = None,
+    **solver_options: Any,
+) -> tuple[nn.Module, dict]:
+    """Factorize every encoder linear of ``model`` in place: ranks, factors, swap — one call per stage.
+
+    Ranks follow ``rank_rule`` ("budget": floor(p·m·n/(m+n)) at ``density``; "nnz": from each weight's
+    non-zeros, for pruned models). ``method_weights`` and ``solver_options`` go to
+    :func:`lpaf.factorize.factorize_matrices`. Returns the model and a report for metrics.json:
+    the rank allocation, one log record per matrix, and the solver wall time.
+    """
+    linears = find_encoder_linears(model)
+    done = [name for name, mod in linears.items() if isinstance(mod, LowRankLinear)]
+    if done:
+        raise LpafError(f"model is already factorized ({len(done)} LowRankLinear modules, e.g. {done[0]}); "
+                        f"start from a dense or pruned model")
+    weights = {name: linear_weight(mod).detach() for name, mod in linears.items()}
+    shapes = {name: tuple(w.shape) for name, w in weights.items()}
+    nnz = {name: int(torch.count_nonzero(w)) for name, w in weights.items()} if rank_rule == "nnz" else None
+    plan = factorize.allocate_ranks(shapes, density, rule=rank_rule, nnz=nnz)
+    start = time.perf_counter()
+    results = factorize.factorize_matrices(weights, plan.ranks, method, method_weights, **solver_options)
+    solver_s = time.perf_counter() - start
+    swap_encoder_linears(model, {name: (r.A, r.B) for name, r in results.items()}, strict=True)
+    report = {
+        "method": method,
+        "allocation": plan.to_dict(),
+        "matrices": {name: r.log_record() for name, r in results.items()},
+        "solver_wall_s": solver_s,
+    }
+    return model, report
 
 
 # --------------------------------------------------------------------------------------------

@@ -183,6 +183,17 @@ def _scale(task: str) -> float:
         return 1.0
 
 
+def _metric_order(task: str, recorded: Sequence[str]) -> list[str]:
+    """The task's official reporting order (MRPC: F1 then accuracy), then anything else recorded."""
+    from lpaf.tasks import get_task
+
+    try:
+        official = [k for k in get_task(task).metric_keys() if k in recorded]
+    except LpafError:
+        official = []
+    return official + [k for k in recorded if k not in official]
+
+
 def _fmt(mean: float, std: float, scale: float) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
@@ -195,7 +206,7 @@ def _fmt(mean: float, std: float, scale: float) -> str:
 def markdown_table(table, runs) -> str:
     """Rows = (method, density), columns = tasks (every dev metric, '/'-separated), % retained, speed-up."""
     lines: list[str] = []
-    metric_keys = {t: list(g["metric_keys"].iloc[0]) for t, g in runs.groupby("task", sort=False)}
+    metric_keys = {t: _metric_order(t, g["metric_keys"].iloc[0]) for t, g in runs.groupby("task", sort=False)}
     for model, mt in table.groupby("model", sort=False):
         tasks = list(_order(mt["task"]))
         header = ["method", "density", "% retained"] + [
@@ -373,9 +384,11 @@ def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
     rows = ranks[ranks["task"] == task]
     if rows.empty:
         raise LpafError(f"rank figure: no rank-study rows for task {task!r}")
+    scale = _scale(task)
     entries = [{"method": r["label"], "retained_percent": float(r["retained_percent"]),
-                "metric": None if math.isnan(r["metric"]) else float(r["metric"]),
-                "metric_name": r["metric_name"], "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"])}
+                "metric": None if math.isnan(r["metric"]) else float(r["metric"]) * scale,
+                "metric_name": f"{r['metric_name']} (×100)" if scale == 100.0 else r["metric_name"],
+                "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"])}
                for _, r in rows.iterrows()]
     return rank_study_figure(entries, out_path)[0]
 

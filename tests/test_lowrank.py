@@ -14,9 +14,20 @@ from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceC
 
 from lpaf.errors import LpafError
 from lpaf.factorize import allocate_ranks, factorize_matrices, fwsvd, svd
-from lpaf.lowrank import (CONFIG_FILE, LOWRANK_CONFIG_KEY, WEIGHTS_FILE, LowRankLinear, install_lowrank_modules,
-                          load_model, lowrank_ranks, save_lowrank_model, swap_encoder_linears)
+from lpaf.factorize import omega_from_mask
+from lpaf.lowrank import (CONFIG_FILE, LOWRANK_CONFIG_KEY, WEIGHTS_FILE, LowRankLinear, factorize_encoder,
+                          install_lowrank_modules, load_model, lowrank_ranks, save_lowrank_model,
+                          swap_encoder_linears)
 from lpaf.modules import count_parameters, find_encoder_linears
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread avoids OpenMP start-up and oversubscription costs on shared CI machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(**overrides) -> BertConfig:
@@ -165,6 +176,33 @@ def test_swap_keeps_bias():
     bias = model.get_submodule(name).bias.detach().clone()
     swap_encoder_linears(model, {name: (torch.zeros(32, 3), torch.zeros(3, 64))})
     torch.testing.assert_close(model.get_submodule(name).A.bias, bias)
+
+
+# ---------------------------------------------------------------- factorize_encoder (the stage's one call)
+
+def test_factorize_encoder_budget_rule():
+    model, report = factorize_encoder(tiny_model(), "svd", density=0.25)
+    assert report["allocation"]["stored_weights"] == count_parameters(model)["encoder_linear"]
+    record = report["matrices"]["bert.encoder.layer.0.intermediate.dense"]
+    assert record["rank"] == 5 and record["shape"] == [64, 32] and 0 < record["relative_error"] < 1
+    with pytest.raises(LpafError, match="already factorized"):
+        factorize_encoder(model, "svd", density=0.25)
+
+
+def test_factorize_encoder_pruned_model_nnz_rule_and_sparsity_aware():
+    model = tiny_model()
+    masks = {}
+    with torch.no_grad():
+        for name, linear in find_encoder_linears(model).items():
+            masks[name] = linear.weight.abs() >= linear.weight.abs().median()
+            linear.weight.mul_(masks[name])
+    omegas = {name: omega_from_mask(mask, 0.0) for name, mask in masks.items()}
+    model, report = factorize_encoder(model, "sparsity-aware", rank_rule="nnz", method_weights=omegas,
+                                      max_iters=20)
+    query = report["matrices"]["bert.encoder.layer.0.attention.self.query"]
+    assert query["rank"] == (32 * 32 // 2) // 64 and query["iterations"] >= 1
+    assert query["weighted_relative_error"] < query["relative_error"] + 1e-9
+    assert report["allocation"]["stored_weights"] <= report["allocation"]["budget_weights"]
 
 
 # ---------------------------------------------------------------- save / load

@@ -1,0 +1,237 @@
+"""Inference latency of dense vs factorized encoders, and how close it gets to the FLOP bound.
+
+Models: a BERT-base-shaped ``BertModel`` (``BertConfig()`` defaults, random weights) and, when present,
+the shared MiniLM (``../shared/models/all-MiniLM-L6-v2``). Each is timed dense and with every encoder
+linear swapped for a ``LowRankLinear`` of the budget rank r = floor(p·m·n/(m+n)) at each density p
+(factor values do not affect speed, so random factors are used). Batch 32 x length 128 by default,
+fp32, ``torch.inference_mode``; CPU, plus CUDA when available. Latency = median of ``--runs`` timed
+forward passes after ``--warmup`` ones; configurations are timed round-robin so background load
+hits all of them alike.
+
+FLOP bound: a forward costs F = 2·T·Σ(weights of encoder linears) + 4·B·L²·h per layer (attention
+scores and context) + 2·B·h² (pooler), T = B·L tokens; low rank replaces m·n by r(m+n). The bound on
+the speed-up is F_dense / F_lowrank; element-wise work (softmax, GELU, LayerNorm, residual adds,
+embeddings) has no FLOPs in this count, so the time it takes is what pushes the measured speed-up
+below the bound. ``--profile`` records the share of CPU time per operator class to show it.
+
+    python benchmarks/inference_speed.py            # full: batch 32 x 128, 3 densities
+    python benchmarks/inference_speed.py --quick    # batch 8 x 128, fewer runs
+
+Writes ``benchmarks/results/inference_speed.json`` and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lpaf.artifacts import library_versions, write_json  # noqa: E402
+from lpaf.factorize import allocate_rank  # noqa: E402
+from lpaf.lowrank import load_model, swap_encoder_linears  # noqa: E402
+from lpaf.modules import count_parameters, find_encoder_linears  # noqa: E402
+
+DEFAULT_MINILM = Path(__file__).resolve().parents[2] / "shared" / "models" / "all-MiniLM-L6-v2"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1])
+    parser.add_argument("--runs", type=int, default=5, help="timed forward passes per configuration")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="batch 8, 3 runs")
+    parser.add_argument("--minilm", type=Path, default=DEFAULT_MINILM, help="MiniLM directory ('' to skip)")
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record the CPU time share per operator class (dense and lowest density)")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parent / "results" / "inference_speed.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.runs = 8, 3
+    if args.devices is None:
+        args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return args
+
+
+# ---------------------------------------------------------------- models
+
+def bert_base() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig()).eval()
+
+
+def factorized_copy(dense: nn.Module, density: float) -> nn.Module:
+    """A copy with every encoder linear replaced by a random-factor LowRankLinear of the budget rank."""
+    import copy
+
+    model = copy.deepcopy(dense)
+    gen = torch.Generator().manual_seed(0)
+    factors = {}
+    for name, linear in find_encoder_linears(model).items():
+        m, n = linear.out_features, linear.in_features
+        rank = allocate_rank(m, n, density)
+        factors[name] = (torch.randn(m, rank, generator=gen) * 0.02, torch.randn(rank, n, generator=gen) * 0.02)
+    return swap_encoder_linears(model, factors, strict=True).eval()
+
+
+def flops(model: nn.Module, batch: int, length: int) -> dict[str, float]:
+    """Matmul FLOPs of one forward (2 per multiply-add): encoder linears, attention, pooler."""
+    config = model.config
+    tokens = batch * length
+    linear = 2.0 * tokens * count_parameters(model)["encoder_linear"]
+    attention = 4.0 * batch * length * length * config.hidden_size * config.num_hidden_layers
+    pooler = 2.0 * batch * config.hidden_size ** 2 if getattr(model, "pooler", None) is not None else 0.0
+    return {"encoder_linear": linear, "attention": attention, "pooler": pooler,
+            "total": linear + attention + pooler}
+
+
+# ---------------------------------------------------------------- timing
+
+def make_inputs(vocab_size: int, batch: int, length: int, device: str) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab_size, (batch, length), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def forward_seconds(model: nn.Module, inputs: dict, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(**inputs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_round_robin(models: dict[str, nn.Module], inputs: dict, device: str, runs: int,
+                     warmup: int) -> dict[str, list[float]]:
+    for model in models.values():
+        for _ in range(warmup):
+            forward_seconds(model, inputs, device)
+    times = {key: [] for key in models}
+    for _ in range(runs):
+        for key, model in models.items():
+            times[key].append(forward_seconds(model, inputs, device))
+    return times
+
+
+def operator_shares(model: nn.Module, inputs: dict) -> dict[str, float]:
+    """Share of self CPU time per operator class in one forward (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    classes = {
+        "matmul": {"addmm", "mm", "bmm", "matmul", "linear", "baddbmm"},
+        "attention kernel": {"_scaled_dot_product_flash_attention_for_cpu", "scaled_dot_product_attention",
+                             "_softmax", "softmax", "_scaled_dot_product_efficient_attention",
+                             "_scaled_dot_product_flash_attention"},
+        "gelu": {"gelu"},
+        "layer_norm": {"native_layer_norm", "layer_norm"},
+        "copy (head reshapes)": {"copy_", "contiguous", "clone", "to", "_to_copy"},
+        "add/mul (residuals, masks)": {"add", "mul", "add_", "mul_", "div", "sub"},
+        "embedding": {"embedding", "index_select"},
+    }
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(**inputs)
+    totals: dict[str, float] = {key: 0.0 for key in classes}
+    totals["other"] = 0.0
+    for event in prof.key_averages():
+        name = event.key.removeprefix("aten::")
+        key = next((k for k, names in classes.items() if name in names), "other")
+        totals[key] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {key: value / whole for key, value in totals.items()}
+
+
+# ---------------------------------------------------------------- main
+
+def bench_model(label: str, dense: nn.Module, args: argparse.Namespace, device: str) -> dict:
+    models = {"dense": dense.to(device)}
+    for density in args.densities:
+        models[f"d{density}"] = factorized_copy(dense, density).to(device)
+    inputs = make_inputs(dense.config.vocab_size, args.batch, args.length, device)
+    times = time_round_robin(models, inputs, device, args.runs, args.warmup)
+    dense_median = statistics.median(times["dense"])
+    dense_flops = flops(models["dense"], args.batch, args.length)
+    entry = {"model": label, "device": device, "batch": args.batch, "length": args.length,
+             "dense": {"median_s": dense_median, "runs_s": times["dense"], "flops": dense_flops,
+                       "encoder_linear_weights": count_parameters(models["dense"])["encoder_linear"]},
+             "factorized": []}
+    print(f"{label} on {device}: dense {dense_median * 1000:.0f} ms "
+          f"(batch {args.batch} x {args.length}, {dense_flops['total'] / 1e9:.0f} GFLOP)")
+    for density in args.densities:
+        key = f"d{density}"
+        median = statistics.median(times[key])
+        lowrank_flops = flops(models[key], args.batch, args.length)
+        bound = dense_flops["total"] / lowrank_flops["total"]
+        speedup = dense_median / median
+        entry["factorized"].append({
+            "density": density, "median_s": median, "runs_s": times[key], "flops": lowrank_flops,
+            "encoder_linear_weights": count_parameters(models[key])["encoder_linear"],
+            "speedup": speedup, "flop_bound": bound, "fraction_of_bound": speedup / bound})
+        print(f"  density {density}: {median * 1000:.0f} ms, speed-up {speedup:.2f}x, "
+              f"FLOP bound {bound:.2f}x, {100 * speedup / bound:.0f}% of the bound")
+    if args.profile and device == "cpu":
+        lowest = f"d{min(args.densities)}"
+        entry["operator_shares"] = {"dense": operator_shares(models["dense"], inputs),
+                                    lowest: operator_shares(models[lowest], inputs)}
+        for key, shares in entry["operator_shares"].items():
+            summary = ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items() if v >= 0.01)
+            print(f"  time shares ({key}): {summary}")
+    for model in models.values():
+        model.to("cpu")
+    return entry
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = {
+        "benchmark": "inference_speed",
+        "what": "forward latency, dense vs every encoder linear factorized at the budget rank; fp32; "
+                "median of timed runs after warm-up, configurations timed round-robin",
+        "flop_bound": "F_dense / F_lowrank with F = 2·tokens·(encoder linear weights) + 4·B·L²·h·layers "
+                      "(attention) + 2·B·h² (pooler); element-wise ops carry no FLOPs in this count",
+        "targets_bert_base_cpu": {"0.25": 2.5, "0.1": 4.0},
+        "runs": args.runs, "warmup": args.warmup,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": library_versions(),
+        "results": [],
+    }
+    print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    candidates = [("bert-base-shaped (random weights)", bert_base)]
+    if str(args.minilm) and args.minilm.is_dir():
+        candidates.append(("all-MiniLM-L6-v2", lambda: load_model(args.minilm)))
+    else:
+        print(f"MiniLM not found at {args.minilm}; skipping it")
+        record["minilm_skipped"] = str(args.minilm)
+    for label, build in candidates:
+        dense = build()
+        for device in args.devices:
+            record["results"].append(bench_model(label, dense, args, device))
+    record["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

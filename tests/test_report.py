@@ -1,0 +1,185 @@
+"""lpaf.report: aggregation of hand-made metrics.json / eval.json files into the results table."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lpaf.errors import LpafError
+from lpaf.report import aggregate, load_runs, main, markdown_table, metric_figure, rank_figure, speedup_figure, \
+    write_table
+
+DENSE_PARAMS = 1000
+
+
+def _metrics(task: str, metrics: dict, retained: float, total: int, headline_metric: str, stage: str) -> dict:
+    nonzero = int(DENSE_PARAMS * retained / 100)
+    return {
+        "stage": stage, "task": task, "metrics": metrics, "headline_metric": headline_metric,
+        "headline": metrics[headline_metric],
+        "params": {"encoder_linear": DENSE_PARAMS, "encoder_linear_nonzero": nonzero,
+                   "encoder_linear_dense": DENSE_PARAMS, "total": total, "total_nonzero": total},
+        "retained_percent": 100.0, "retained_percent_nonzero": retained, "seed": 0,
+    }
+
+
+def _write(path: Path, blob: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(blob))
+    return str(path)
+
+
+# (method, density) -> per-seed (f1, accuracy, latency_ms); dense latency 100 ms for every seed.
+MRPC = {
+    ("dense", 1.0): [(0.90, 0.85, 100.0), (0.88, 0.83, 100.0), (0.92, 0.87, 100.0)],
+    ("svd", 0.25): [(0.80, 0.70, 50.0), (0.82, 0.72, 40.0), (0.78, 0.68, 25.0)],
+}
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    """Hand-made files for mrpc (all measured) and rte (no latency measured)."""
+    rows = []
+    for (method, density), per_seed in MRPC.items():
+        for seed, (f1, acc, latency) in zip(SEEDS, per_seed):
+            d = tmp_path / "mrpc" / f"s{seed}" / method
+            retained = 100.0 if method == "dense" else 25.0
+            _write(d / "metrics.json", _metrics("mrpc", {"f1": f1, "accuracy": acc}, retained,
+                                                5000 if method == "dense" else 4250, "f1",
+                                                "finetune" if method == "dense" else "retrain"))
+            _write(d / "eval.json", {"latency_ms": {"median_ms": latency, "min_ms": latency}})
+            rows.append({"model": "m", "task": "mrpc", "method": method, "label": method, "density": density,
+                         "seed": seed, "dense": method == "dense", "chain": method,
+                         "metrics": str(d / "metrics.json"), "eval": str(d / "eval.json"),
+                         "dense_eval": str(tmp_path / "mrpc" / f"s{seed}" / "dense" / "eval.json")})
+    for method, density, acc in (("dense", 1.0, 0.70), ("svd", 0.25, 0.60)):
+        d = tmp_path / "rte" / "s1" / method
+        _write(d / "metrics.json", _metrics("rte", {"accuracy": acc}, 100.0 if method == "dense" else 25.0, 5000,
+                                            "accuracy", "finetune"))
+        rows.append({"model": "m", "task": "rte", "method": method, "label": method, "density": density, "seed": 1,
+                     "dense": method == "dense", "chain": method, "metrics": str(d / "metrics.json"),
+                     "eval": None, "dense_eval": None})
+    return tmp_path, rows
+
+
+def test_mean_and_std_over_seeds(runs_dir):
+    _, rows = runs_dir
+    table = aggregate(load_runs(rows))
+    svd = table[(table.task == "mrpc") & (table.method == "svd")].iloc[0]
+    f1s = [s[0] for s in MRPC[("svd", 0.25)]]
+    assert svd["n_seeds"] == 3
+    assert svd["f1_mean"] == pytest.approx(statistics.mean(f1s))
+    assert svd["f1_std"] == pytest.approx(statistics.stdev(f1s))  # sample std, ddof = 1
+    assert svd["accuracy_mean"] == pytest.approx(0.70)
+    assert svd["headline_metric"] == "f1"
+    assert svd["headline_mean"] == pytest.approx(statistics.mean(f1s))
+    assert svd["retained_percent"] == pytest.approx(25.0)
+    assert svd["params_total"] == 4250
+
+
+def test_one_seed_has_no_std(runs_dir):
+    _, rows = runs_dir
+    table = aggregate(load_runs(rows))
+    rte = table[(table.task == "rte") & (table.method == "svd")].iloc[0]
+    assert rte["n_seeds"] == 1
+    assert math.isnan(rte["accuracy_std"])
+
+
+def test_speedup_is_paired_by_seed(runs_dir):
+    _, rows = runs_dir
+    runs = load_runs(rows)
+    svd = runs[(runs.task == "mrpc") & (runs.method == "svd")].sort_values("seed")
+    assert list(svd["speedup"]) == pytest.approx([2.0, 2.5, 4.0])
+    table = aggregate(runs)
+    row = table[(table.task == "mrpc") & (table.method == "svd")].iloc[0]
+    assert row["speedup_mean"] == pytest.approx(statistics.mean([2.0, 2.5, 4.0]))
+    assert row["speedup_std"] == pytest.approx(statistics.stdev([2.0, 2.5, 4.0]))
+    assert bool(row["speedup_measured"]) is True
+    dense = table[(table.task == "mrpc") & (table.method == "dense")].iloc[0]
+    assert dense["speedup_mean"] == pytest.approx(1.0)
+
+
+def test_unmeasured_task_takes_the_rows_speedup(runs_dir):
+    _, rows = runs_dir
+    table = aggregate(load_runs(rows))
+    rte = table[(table.task == "rte") & (table.method == "svd")].iloc[0]
+    assert rte["speedup_mean"] == pytest.approx(statistics.mean([2.0, 2.5, 4.0]))
+    assert bool(rte["speedup_measured"]) is False
+
+
+def test_table_order_and_columns(runs_dir):
+    _, rows = runs_dir
+    table = aggregate(load_runs(rows))
+    assert list(table[["task", "method"]].itertuples(index=False, name=None)) == [
+        ("mrpc", "dense"), ("mrpc", "svd"), ("rte", "dense"), ("rte", "svd")]
+    for col in ("model", "task", "method", "density", "n_seeds", "headline_mean", "headline_std", "retained_percent",
+                "params_total", "speedup_mean", "speedup_std"):
+        assert col in table.columns
+
+
+def test_markdown_is_paper_style(runs_dir):
+    _, rows = runs_dir
+    runs = load_runs(rows)
+    md = markdown_table(aggregate(runs), runs)
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "mrpc (f1/accuracy)" in header and "rte (accuracy)" in header
+    svd_line = next(line for line in md.splitlines() if line.startswith("| svd"))
+    assert "80.0 ± 2.0 / 70.0 ± 2.0" in svd_line  # GLUE scores x100, mean ± sample std
+    assert "2.83×" in svd_line
+    assert "25.0" in svd_line
+
+
+def test_write_table_and_figures(runs_dir):
+    tmp, rows = runs_dir
+    write_table(rows, tmp / "out" / "table.csv", tmp / "out" / "table.md", tmp / "out" / "runs.csv")
+    table = pd.read_csv(tmp / "out" / "table.csv")
+    assert len(table) == 4
+    assert len(pd.read_csv(tmp / "out" / "runs.csv")) == 8
+    assert metric_figure(tmp / "out" / "table.csv", "mrpc", tmp / "fig" / "m.png").stat().st_size > 1000
+    assert speedup_figure(tmp / "out" / "table.csv", tmp / "fig" / "s.png").stat().st_size > 1000
+
+
+def test_rank_figure_from_rank_rows(tmp_path):
+    ranks = []
+    for label, density, retained, rank, dense in (("dense", 1.0, 100.0, 32.0, True),
+                                                   ("movement", 0.5, 50.0, 20.0, False),
+                                                   ("magnitude", 0.5, 50.0, 31.0, False)):
+        path = _write(tmp_path / label / "rank.json", {"models": [{
+            "retained_percent": retained, "metric": 0.8, "metric_name": "f1",
+            "summary": {"mean_rank": rank, "mean_rank_fraction": rank / 32, "mean_effective_rank_99": rank}}]})
+        ranks.append({"model": "m", "task": "mrpc", "seed": 1, "label": label, "density": density, "dense": dense,
+                      "rank": path, "metrics": ""})
+    from lpaf.report import load_rank_rows
+
+    df = load_rank_rows(ranks)
+    assert list(df["avg_rank"]) == [32.0, 20.0, 31.0]
+    assert rank_figure(df, "mrpc", tmp_path / "rank.png").stat().st_size > 1000
+
+
+def test_missing_or_bad_files_name_the_file(runs_dir):
+    tmp, rows = runs_dir
+    bad = [dict(rows[0], metrics=str(tmp / "nope" / "metrics.json"))]
+    with pytest.raises(LpafError, match="file not found: .*nope/metrics.json"):
+        load_runs(bad)
+    no_latency = _write(tmp / "eval-empty.json", {"metrics": {}})
+    with pytest.raises(LpafError, match="has no latency_ms"):
+        load_runs([dict(rows[0], eval=no_latency)])
+    with pytest.raises(LpafError, match="no runs"):
+        load_runs([])
+
+
+def test_cli_draws_one_figure(runs_dir, capsys):
+    tmp, rows = runs_dir
+    write_table(rows, tmp / "table.csv")
+    assert main(["figure", "metric", "--table", str(tmp / "table.csv"), "--task", "mrpc",
+                 "--out", str(tmp / "one.png")]) == 0
+    assert (tmp / "one.png").is_file()
+    assert main(["figure", "metric", "--table", str(tmp / "table.csv"), "--task", "cola",
+                 "--out", str(tmp / "two.png")]) == 2
+    assert "no rows for task 'cola'" in capsys.readouterr().err

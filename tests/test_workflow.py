@@ -1,0 +1,446 @@
+"""The Snakemake workflow: DAG shape, incremental reruns, bad configs, lint, and real runs.
+
+Most tests run `snakemake` for real in a temporary working directory (``-d``), with the
+repository's Snakefile. Fast tests plan with ``-n`` or execute the DAG with a *fake* ``lpaf``
+command on PATH (it writes plausible metrics files in milliseconds), which exercises the rules,
+the wiring, the table and the figures without training anything; the real smoke run
+(``config/smoke.yaml``, real stages) and the SLURM run are marked ``slow`` / ``slurm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIGS = {name: REPO / "config" / f"{name}.yaml" for name in ("config", "paper", "smoke")}
+SHARED = REPO.parent / "shared"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = CONFIGS["smoke"], env: dict | None = None,
+              timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    cmd += list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy())
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run or dry-run."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    try:
+        start = lines.index("Job stats:")
+    except ValueError:
+        return counts
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    counts.pop("total", None)
+    return counts
+
+
+def planned_jobs(output: str) -> list[dict[str, str]]:
+    """(rule, output, shell command, resources) of every job a dry-run printed."""
+    jobs, job = [], None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            job = {"rule": m.group(1), "output": "", "shell": "", "resources": ""}
+            jobs.append(job)
+        elif job is not None and line.startswith("    output: "):
+            job["output"] = line[len("    output: "):]
+        elif job is not None and line.startswith("    resources: "):
+            job["resources"] = line[len("    resources: "):]
+        elif job is not None and line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: "):]
+    return jobs
+
+
+def write_config(tmp_path: Path, base: str = "smoke", **changes) -> Path:
+    cfg = yaml.safe_load(CONFIGS[base].read_text())
+    for key, value in changes.items():
+        cfg[key] = value
+    path = tmp_path / f"{base}-changed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+FAKE_LPAF = textwrap.dedent('''\
+    #!{python}
+    """A fake `lpaf`: writes the files a stage would write, with plausible numbers, instantly."""
+    import json, os, sys
+    from lpaf.tasks import get_task
+
+    argv = sys.argv[1:]
+    stage = argv[0]
+    flags = {{}}
+    i = 1
+    while i < len(argv):
+        if argv[i].startswith("--"):
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values.append(argv[i + 1]); i += 1
+            flags[argv[i - len(values)][2:]] = values
+        i += 1
+    one = lambda k, d=None: (flags.get(k) or [d])[0]
+    with open(os.environ["FAKE_LPAF_LOG"], "a") as f:
+        f.write(" ".join(argv) + "\\n")
+    out = one("out")
+    if os.environ.get("FAKE_LPAF_FAIL") and os.environ["FAKE_LPAF_FAIL"] in out:
+        os.makedirs(out, exist_ok=True)  # a half-written artifact: weights, no completion record
+        open(os.path.join(out, "model.safetensors"), "w").close()
+        sys.exit("fake lpaf: killed")
+
+    def read(path):
+        with open(os.path.join(path, "metrics.json")) as f:
+            return json.load(f)
+
+    def stage_record(retained):
+        task = get_task(one("task"))
+        keys = task.metric_keys()
+        metrics = {{k: round(0.5 + retained / 400, 4) for k in keys}}
+        return {{"stage": stage, "task": task.name, "metrics": metrics, "headline_metric": task.headline_key,
+                "headline": metrics[task.headline_key], "retained_percent": retained,
+                "retained_percent_nonzero": retained, "seed": int(one("seed", 0)),
+                "params": {{"encoder_linear": 1000, "encoder_linear_nonzero": int(10 * retained),
+                           "encoder_linear_dense": 1000, "total": 5000, "total_nonzero": 5000}}}}
+
+    if stage in ("finetune", "prune", "factorize", "retrain"):
+        retained = 100.0
+        if one("density"):
+            retained = 100.0 * float(one("density"))
+        elif stage == "retrain":
+            retained = read(one("model"))["retained_percent_nonzero"]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(stage_record(retained), f)
+    elif stage == "evaluate":
+        retained = read(one("model"))["retained_percent_nonzero"]
+        with open(out, "w") as f:
+            json.dump({{"latency_ms": {{"median_ms": 1.0 + retained}}}}, f)
+    elif stage == "rank-study":
+        m = read(one("models"))
+        with open(out, "w") as f:
+            json.dump({{"models": [{{"retained_percent": m["retained_percent_nonzero"], "metric": m["headline"],
+                                   "metric_name": m["headline_metric"],
+                                   "summary": {{"mean_rank": m["retained_percent_nonzero"] / 4}}}}]}}, f)
+    else:
+        sys.exit("fake lpaf: unknown stage " + stage)
+    ''')
+
+
+def _fake_env(bin_dir: Path, log: Path) -> dict:
+    """PATH with a fake `lpaf` first; its invocations are logged to FAKE_LPAF_LOG."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "lpaf"
+    script.write_text(FAKE_LPAF.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    env = os.environ.copy()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_LPAF_LOG"] = str(log)
+    return env
+
+
+@pytest.fixture(scope="module")
+def fake_done(tmp_path_factory):
+    """The smoke config run to completion once with the fake lpaf: (work dir, env)."""
+    root = tmp_path_factory.mktemp("fake")
+    env = _fake_env(root / "bin", root / "fake-lpaf.log")
+    work = root / "work"
+    res = snakemake(work, "--cores", "2", env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return work, env
+
+
+@pytest.fixture
+def fake_work(fake_done, tmp_path):
+    """A private copy of the finished fake run (mtimes and Snakemake metadata kept)."""
+    work, env = fake_done
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    return copy, env
+
+
+# --------------------------------------------------------------------------------------------
+# lint and DAG shape
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["config", "paper", "smoke"])
+def test_lint_is_clean(tmp_path, name):
+    res = snakemake(tmp_path, "--lint", configfile=CONFIGS[name])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
+
+
+def test_paper_config_plans_the_full_dag(tmp_path):
+    cfg = yaml.safe_load(CONFIGS["paper"].read_text())
+    tasks, seeds, densities = len(cfg["tasks"]), len(cfg["seeds"]), len(cfg["densities"])
+    ts = tasks * seeds
+    assert (tasks, seeds, densities) == (9, 3, 3)
+    res = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=CONFIGS["paper"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    # per (task, seed): 9 table rows at 3 densities + the 5-row lambda sweep at one density
+    expected = {
+        "fetch_model": 1, "fetch_data": tasks,
+        "finetune": ts,                                # one teacher per task and seed, shared by all rows
+        "prune": ts * 2 * densities,                   # movement, magnitude: shared by 6 pruned rows
+        "factorize": ts * (5 * densities + 5),         # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd + sweep
+        "retrain": ts * (6 * densities + 5),           # 6 factorized rows + sweep
+        "evaluate": ts * (1 + 8 * densities + 5),      # every final model, dense included
+        "rank_study": 3 * seeds * (1 + 2 * densities),  # mrpc, rte, cola: teacher + pruned models
+        "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "all": 1,
+    }
+    assert job_counts(res.stdout + res.stderr) == expected
+
+
+def test_default_config_plans_all_rows_from_the_hub(tmp_path):
+    res = snakemake(tmp_path, "-n", configfile=CONFIGS["config"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert counts["fetch_model"] == 1 and counts["fetch_data"] == 2
+    assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 8 * 2)
+
+
+@pytest.mark.skipif(not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir(), reason="needs ../shared")
+def test_local_model_and_data_overrides_skip_the_fetch_rules(tmp_path):
+    res = snakemake(tmp_path, "-n", "--config", f"model_path={SHARED / 'models' / 'all-MiniLM-L6-v2'}",
+                    f"data_dir={SHARED / 'data'}", configfile=CONFIGS["config"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert "fetch_model" not in counts and "fetch_data" not in counts
+    finetune = [j for j in planned_jobs(res.stdout) if j["rule"] == "finetune"]
+    assert all(f"--model {SHARED / 'models' / 'all-MiniLM-L6-v2'}" in j["shell"] for j in finetune)
+    assert all(f"--data {SHARED / 'data'}" in j["shell"] for j in finetune)
+
+
+def test_rows_share_the_teacher_and_the_pruned_models(tmp_path):
+    res = snakemake(tmp_path, "-n", "-p")
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = planned_jobs(res.stdout)
+    teachers = {j["output"] for j in jobs if j["rule"] == "finetune"}
+    pruned = {j["output"] for j in jobs if j["rule"] == "prune"}
+    assert len(teachers) == 4 and len(pruned) == 4 * 2  # 4 tasks; movement + magnitude at one density
+    retrained = [j["output"] for j in jobs if j["rule"] == "retrain"]
+    for p in pruned:  # the movement model feeds 3 rows, the magnitude model one factorized row
+        prefix = p.removesuffix("metrics.json")
+        users = [r for r in retrained if r.startswith(prefix)]
+        assert len(users) == (3 if "prune-movement-" in p else 1)
+    for t in teachers:  # every artifact of a task lives under its one teacher
+        task_dir = t.split("/dense-")[0]
+        assert all(j["output"].startswith(t.removesuffix("metrics.json"))
+                   for j in jobs if j["rule"] in ("prune", "factorize", "retrain") and j["output"].startswith(task_dir))
+
+
+def test_training_jobs_run_offline_and_ask_for_gpus_only_with_cuda(tmp_path):
+    cpu = planned_jobs(snakemake(tmp_path, "-n", "-p").stdout)
+    cuda_cfg = write_config(tmp_path, compute={"device": "cuda", "gpus": 2, "precision": "bf16"})
+    cuda = planned_jobs(snakemake(tmp_path, "-n", "-p", configfile=cuda_cfg).stdout)
+    training = ("finetune", "prune", "factorize", "retrain", "evaluate")
+    for job in (j for j in cpu if j["rule"] in training):
+        assert job["shell"].startswith("HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ")
+        assert "--device cpu" in job["shell"] and "gpu=0" in job["resources"]
+    for job in (j for j in cuda if j["rule"] in training):
+        assert "--device cuda" in job["shell"] and "gpu=2" in job["resources"]
+        assert ("--precision bf16" in job["shell"]) == (job["rule"] in ("finetune", "prune", "retrain"))
+    assert all("gpu=" not in j["resources"] or "gpu=0" in j["resources"]
+               for j in cuda if j["rule"] in ("rank_study", "table", "smoke_assets"))
+
+
+def test_every_planned_lpaf_command_parses_with_the_real_cli(tmp_path):
+    """The workflow's flags and the stage dataclasses cannot drift apart."""
+    from lpaf.cli import build_parser
+
+    commands = []
+    for name in ("smoke", "paper", "config"):
+        res = snakemake(tmp_path, "-n", "-p", configfile=CONFIGS[name])
+        assert res.returncode == 0, res.stderr[-2000:]
+        commands += [j["shell"] for j in planned_jobs(res.stdout) if " lpaf " in f" {j['shell']}"]
+    seen = set()
+    for command in commands:
+        argv = shlex.split(command.split(" > ")[0])
+        argv = argv[argv.index("lpaf") + 1:]
+        key = (argv[0], tuple(a for a in argv if a.startswith("--")))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_parser(argv[0]).parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"lpaf rejects a command the workflow plans: lpaf {' '.join(argv)}")
+    assert {k[0] for k in seen} >= {"fetch-model", "fetch-data", "finetune", "prune", "factorize", "retrain",
+                                    "evaluate", "rank-study"}
+
+
+# --------------------------------------------------------------------------------------------
+# incremental reruns (with the fake lpaf)
+# --------------------------------------------------------------------------------------------
+
+def test_fake_run_builds_table_and_figures_then_nothing_to_do(fake_work):
+    work, fake_env = fake_work
+    table = pd.read_csv(work / "results" / "table.csv")
+    assert len(table) == 4 * 9  # 4 tasks x 9 rows, one density
+    assert set(table["method"]) == {"dense", "movement", "magnitude", "svd", "fwsvd", "magnitude+svd", "lpaf",
+                                    "lpaf-no-sa-svd", "lpaf-no-mixed-rank"}
+    for fig in ("mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup"):
+        assert (work / "results" / "figures" / f"{fig}.png").stat().st_size > 1000
+    again = snakemake(work, "-n", env=fake_env)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+
+def test_adding_a_density_adds_only_the_new_jobs(fake_work):
+    work, fake_env = fake_work
+    res = snakemake(work, "-n", "--config", "densities=[0.5, 0.25]", env=fake_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = job_counts(res.stdout)
+    assert counts == {"prune": 4 * 2, "factorize": 4 * 5, "retrain": 4 * 6, "evaluate": 8, "rank_study": 2,
+                      "table": 1, "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "all": 1}
+    for job in planned_jobs(res.stdout):
+        if job["rule"] in ("prune", "factorize", "retrain", "evaluate", "rank_study"):
+            assert "-d0.25" in job["output"], job
+
+
+def test_changing_one_retrain_setting_reruns_only_jobs_downstream_of_it(fake_work):
+    work, fake_env = fake_work
+    res = snakemake(work, "-n", "--config", "retrain={mixed-rank: {p0: 0.5}}", env=fake_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    # rows lpaf and lpaf - sa-svd use mixed-rank: 2 re-trainings per task, evaluated on mrpc only
+    assert job_counts(res.stdout) == {"retrain": 2 * 4, "evaluate": 2, "table": 1, "figure_metric": 4,
+                                      "figure_rank": 1, "figure_speedup": 1, "all": 1}
+    retrains = [j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "retrain"]
+    assert all("/retrain-mixed-rank-" in o for o in retrains)
+    # ... and the old artifacts stay (switching back costs nothing)
+    back = snakemake(work, "-n", env=fake_env)
+    assert "Nothing to be done" in back.stdout + back.stderr
+
+
+def test_an_interrupted_job_is_redone_exactly(fake_work):
+    work, fake_env = fake_work
+    victim = next((work / "results").rglob("mrpc/**/prune-magnitude-*/fact-svd-*/metrics.json"))
+    target = str(victim.relative_to(work))
+    # the state before the job first ran: it and everything downstream of it missing
+    shutil.rmtree(victim.parent)
+    for stale in [work / "results" / "table.csv", *(work / "results" / "figures").glob("*.png")]:
+        stale.unlink()
+    killed = dict(fake_env, FAKE_LPAF_FAIL=str(victim.parent.relative_to(work)))
+    res = snakemake(work, "--cores", "1", env=killed)  # the job dies, leaving a half-written directory
+    assert res.returncode != 0 and not victim.exists() and (victim.parent / "model.safetensors").exists()
+    res = snakemake(work, "-n", env=fake_env)
+    # exactly the interrupted job and what depends on it
+    assert job_counts(res.stdout) == {"factorize": 1, "retrain": 1, "evaluate": 1, "table": 1, "figure_metric": 4,
+                                      "figure_rank": 1, "figure_speedup": 1, "all": 1}
+    assert {j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "factorize"} == {target}
+
+
+# --------------------------------------------------------------------------------------------
+# bad configs: stop before any job, one line per problem naming the key and what is accepted
+# --------------------------------------------------------------------------------------------
+
+BAD_OVERRIDES = [
+    ("unknown task", ["tasks=[mrpc, mrcp]"], r"tasks\[1\] = 'mrcp' is not accepted; accepted values: cola, sst2"),
+    ("unknown row", ["run_methods=[lpfa]"], r"run_methods names unknown method 'lpfa'; accepted values: dense,"),
+    ("unknown pruner", ["prune={movement: {method: movment}}"],
+     r"prune.movement.method = 'movment' is not accepted; accepted values: movement, magnitude"),
+    ("density 0", ["densities=[0]"], r"densities\[0\] = 0 is out of range.*\(0, 1\]"),
+    ("density 1.5", ["densities=[1.5]"], r"densities\[0\] = 1.5 is out of range.*\(0, 1\]"),
+    ("density a", ["densities=[a]"], r"densities\[0\] = 'a' has the wrong type: expected number"),
+    ("row density", ["methods={lpaf: {densities: [2]}}"], r"methods.lpaf.densities\[0\] = 2 is out of range"),
+    ("missing stage", ["methods={lpaf: {factorize: sa-svdd}}"],
+     r"methods.lpaf.factorize = 'sa-svdd' names no setting under 'factorize'; defined: svd, fwsvd, sa-svd"),
+    ("retrain without factorize", ["methods={x: {prune: movement, retrain: plain}}"],
+     r"methods.x: a retrain stage needs a factorize stage"),
+    ("missing model path", ["smoke_assets=False", "model_path=/nonexistent/model"],
+     r"model_path = '/nonexistent/model': no such model directory"),
+    ("missing data dir", ["smoke_assets=False", "model_path=null", "data_dir=/nonexistent/data"],
+     r"data_dir = '/nonexistent/data': no such directory"),
+    ("unknown top-level key", ["sedes=[1]"], r"unknown key\(s\) 'sedes' at the top level; accepted keys: compute,"),
+    ("unknown nested key", ["retrain={plain: {p_0: 1}}"],
+     r"unknown key\(s\) 'p_0' under 'retrain.plain'; accepted keys: .*anneal_fraction"),
+    ("wrong type", ["compute={train_threads: two}"], r"compute.train_threads = 'two' has the wrong type: expected integer"),
+    ("seed type", ["seeds=[x]"], r"seeds\[0\] = 'x' has the wrong type: expected integer"),
+    ("escaping model name", ["model_name=../../etc"], r"model_name = '../../etc' is not allowed"),
+    ("escaping hub id", ["model=../../etc"], r"model = '../../etc' is not allowed"),
+    ("escaping row name", ["methods={'../x': {}}"], r"'methods' has the name '../x', which is not allowed"),
+    ("escaping setting name", ["prune={'a/b': {method: movement}}"], r"'prune' has the name 'a/b', which is not allowed"),
+    ("latency task", ["evaluate={tasks: [rte]}"], r"evaluate.tasks names 'rte', which is not in tasks"),
+    ("precision on cpu", ["compute={precision: bf16}"], r"compute.precision = 'bf16' needs compute.device cuda"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, message", BAD_OVERRIDES, ids=[c[0] for c in BAD_OVERRIDES])
+def test_bad_config_stops_before_any_job(tmp_path, name, overrides, message):
+    res = snakemake(tmp_path, "-n", "--config", *overrides)
+    err = res.stdout + res.stderr
+    assert res.returncode == 2, err[-2000:]
+    assert "no job was started" in err
+    assert re.search(message, err), err[-2000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_bad_config_files(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("tasks: [mrpc\nseeds: 1\n")
+    res = snakemake(tmp_path, "-n", configfile=bad_yaml)
+    assert res.returncode != 0 and "not valid JSON or YAML" in res.stderr
+    no_methods = write_config(tmp_path, methods={})
+    res = snakemake(tmp_path, "-n", configfile=no_methods)
+    assert res.returncode == 2 and "methods" in res.stderr and "should be non-empty" in res.stderr
+    many = write_config(tmp_path, densities=[0, 2], tasks=["nope"], foo=1)
+    res = snakemake(tmp_path, "-n", configfile=many)
+    assert res.returncode == 2 and "(4 problem(s))" in res.stderr  # every problem at once
+
+
+def test_a_target_escaping_the_results_directory_matches_no_rule(tmp_path):
+    outside = tmp_path / "outside"
+    res = snakemake(tmp_path / "work", "-n", "results/../../outside/metrics.json")
+    assert res.returncode != 0
+    assert "MissingRuleException" in res.stderr or "No rule to produce" in res.stderr
+    res = snakemake(tmp_path / "work", "-n", "results/smoke-bert/mrpc/s0/../../../../outside/eval.json")
+    assert res.returncode != 0
+    assert not outside.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the real smoke run (real stages, tiny model): slow
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_smoke_config_runs_end_to_end(tmp_path):
+    work = tmp_path / "smoke"
+    res = snakemake(work, "--cores", "2", timeout=3600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    table = pd.read_csv(work / "results" / "table.csv")
+    assert len(table) == 4 * 9
+    assert table["headline_mean"].notna().all()
+    assert set(table["retained_percent"].round(0)) >= {100.0}
+    assert (work / "results" / "table.md").read_text().count("|") > 100
+    figures = sorted(p.name for p in (work / "results" / "figures").glob("*.png"))
+    assert figures == ["mrpc_metric.png", "mrpc_rank.png", "speedup.png", "sst2_metric.png", "squad_metric.png",
+                       "stsb_metric.png"]
+    report = work / "results" / "report.html"
+    res = snakemake(work, "--report", str(report), timeout=600)
+    assert res.returncode == 0 and report.stat().st_size > 10_000, res.stderr[-3000:]
+    again = snakemake(work, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
