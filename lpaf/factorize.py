@@ -512,8 +512,9 @@ def sparsity_aware_svd_batched(
     and replaced by a plain step (restart), so the recorded objective never increases in either mode.
 
     X₀ is the rank-r approximation of W_s from ``init_steps`` steps of oversampled randomized
-    subspace iteration (seeded). Every matrix stops on its own tolerance, as if it were run alone. ``objectives[i]`` holds
-    the objective of each accepted iterate; ``iterations[i]`` counts EM steps, undone ones included.
+    subspace iteration (seeded). Every matrix stops on its own tolerance, as if it were run alone.
+    ``objectives[i]`` holds the objective of each accepted iterate; ``iterations[i]`` counts EM
+    steps, undone ones included. Memory: about eight [b, m, n] tensors.
     """
     _check_em_options(max_iters, tol)
     if acceleration not in ("nesterov", "none"):
@@ -795,7 +796,7 @@ def factorize_matrices(
     tol: float = DEFAULT_TOL,
     acceleration: Acceleration = "nesterov",
     device: torch.device | str | None = None,
-    max_batch_bytes: int = 1 << 30,
+    max_batch_bytes: int = 256 << 20,
     seed: int = 0,
 ) -> dict[str, MatrixFactorization]:
     """Factorize named matrices (e.g. every encoder linear) and compute their log records.
@@ -803,7 +804,8 @@ def factorize_matrices(
     ``method_weights`` per name: Fisher row importance (fwsvd; None = uniform), entry weights Ω
     (sparsity-aware: W is then the pruned matrix W_s), importance scores (importance-row-svd); None
     for svd. Sparsity-aware SVD uses ``solver`` ("fast": matrices of one shape and rank batched,
-    at most ``max_batch_bytes`` per [b, m, n] tensor, on ``device``; "exact": full-SVD EM).
+    at most ``max_batch_bytes`` per [b, m, n] tensor — peak memory about eight times that — on
+    ``device``; "exact": full-SVD EM).
     Factors come back on the CPU in float32, in the order of ``weights``.
     """
     _check_named_inputs(weights, ranks, method_weights, method)

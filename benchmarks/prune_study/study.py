@@ -38,6 +38,9 @@ EXPLORE: dict[str, list[str]] = {
     # A magnitude prior (S0 = |W|/mean|W|) that the first-order updates reorder.
     "movement-magprior1-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
                                 "--score-init-scale", "1.0"],
+    # A weaker prior: the learned first-order part decides more of the mask.
+    "movement-magprior0.1-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
+                                  "--score-init-scale", "0.1"],
     # Scores from 0 with a 10x larger lr, and a warm-up where only the scores learn.
     "movement-zeros-lr0.1-sow-d0.1": ["--method", "movement", "--density", "0.1", "--scores-lr", "0.1",
                                       "--scores-only-warmup", "--initial-warmup", "0.2"],
