@@ -17,8 +17,8 @@ would silently re-initialise the swapped modules; always load them with :func:`l
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch

@@ -22,6 +22,7 @@ import sys
 import yaml
 
 RESULTS = "results"
+REPO_ROOT = os.path.dirname(WORKFLOW_DIR)
 TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
 OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps"})
@@ -388,6 +389,27 @@ def to_flags(flags):
     return " ".join(parts)
 
 
+def lpaf_python():
+    """The Python that runs lpaf in a job.
+
+    The rules' conda env (--software-deployment-method conda) holds lpaf's dependencies but not
+    lpaf itself (conda cannot pip-install a local checkout from a copied env file), so there the
+    checkout is put on PYTHONPATH; otherwise lpaf is installed in the environment running Snakemake.
+    """
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    methods = getattr(workflow.deployment_settings, "deployment_method", ()) or ()
+    if DeploymentMethod.CONDA in methods:
+        return f"PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}} python"
+    return "python"
+
+
+def lpaf_command():
+    """The `lpaf` console command, or its module where lpaf is only on PYTHONPATH (conda)."""
+    python = lpaf_python()
+    return "lpaf" if python == "python" else f"{python} -m lpaf.cli"
+
+
 def use_cuda():
     return config["compute"]["device"] == "cuda"
 
@@ -483,3 +505,7 @@ def figure_targets():
     figures += [f"{RESULTS}/figures/{task}_rank.png" for task in PLAN.rank_tasks()]
     figures.append(f"{RESULTS}/figures/speedup.png")
     return figures
+
+
+LPAF_PYTHON = lpaf_python()
+LPAF = lpaf_command()

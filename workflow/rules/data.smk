@@ -16,7 +16,7 @@ rule fetch_model:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        "lpaf fetch-model --model {params.hub} {params.revision} --out {params.out} > {log} 2>&1"
+        f"{LPAF} fetch-model --model {{params.hub}} {{params.revision}} --out {{params.out}} > {{log}} 2>&1"
 
 
 rule fetch_data:
@@ -32,7 +32,7 @@ rule fetch_data:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        "lpaf fetch-data --task {wildcards.task} {params.revision} --out {params.out} > {log} 2>&1"
+        f"{LPAF} fetch-data --task {{wildcards.task}} {{params.revision}} --out {{params.out}} > {{log}} 2>&1"
 
 
 if config["smoke_assets"]:
@@ -50,4 +50,4 @@ if config["smoke_assets"]:
         conda:
             "../envs/lpaf.yaml"
         shell:
-            "python -m lpaf.smoke --model-out {params.model} --data-out {params.data} > {log} 2>&1"
+            f"{LPAF_PYTHON} -m lpaf.smoke --model-out {{params.model}} --data-out {{params.data}} > {{log}} 2>&1"

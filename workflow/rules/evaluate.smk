@@ -21,8 +21,8 @@ rule evaluate:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
-        "lpaf evaluate --model {params.model} {params.data} --seed {wildcards.seed} "
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        "evaluate --model {params.model} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {output.json} > {log} 2>&1"
 
 
@@ -39,5 +39,5 @@ rule rank_study:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
-        "lpaf rank-study --models {params.model} --out {output.json} > {log} 2>&1"
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        "rank-study --models {params.model} --out {output.json} > {log} 2>&1"

@@ -21,6 +21,6 @@ rule factorize:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} "
-        "lpaf factorize --model {params.source} {params.data} --seed {wildcards.seed} "
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        "factorize --model {params.source} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {params.out} > {log} 2>&1"
