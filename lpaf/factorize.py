@@ -13,11 +13,13 @@ the objective provably never increases). Two solvers share one result type:
 - :func:`weighted_svd_em_exact`: one full SVD per EM step — the reference (float64 by default);
 - :func:`sparsity_aware_svd_batched`: the fast solver. The EM step only needs the top-r subspace
   of ``Y = Ω²⊙W_s + (1 − Ω²)⊙X``, which moves little from one step to the next, so each step does
-  warm-started block subspace iteration from the previous basis, batched over matrices of one
-  shape (three ``[b, m, n] x [b, n, r]``-sized products per step; CPU or CUDA). Plain EM with
-  pruned-entry weight 0 needs hundreds of steps, so by default the fast solver adds Nesterov
-  momentum with restarts (Yao & Kwok's accelerated inexact impute): in the same number of steps it
-  reaches a far lower objective than the exact EM, and its objective never increases either.
+  two warm-started block subspace-iteration steps from the previous basis, batched over matrices
+  of one shape (five ``[b, m, n] x [b, n, r]``-sized products per step; CPU or CUDA). It follows
+  the exact EM's path: same iteration count, objective within 1% (measured: +0.1…0.4% on
+  BERT-base shapes). Plain EM with pruned-entry weight λ ≈ 0 is far from converged after 50 steps;
+  ``acceleration="nesterov"`` (momentum with restarts, Yao & Kwok's accelerated inexact impute)
+  gets ~70% lower objectives in the same steps — but then the factors also stray further on the
+  pruned entries (higher whole-matrix error), so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -494,9 +496,9 @@ def sparsity_aware_svd_batched(
     *,
     max_iters: int = DEFAULT_MAX_ITERS,
     tol: float = DEFAULT_TOL,
-    acceleration: Acceleration = "nesterov",
-    power_steps: int = 1,
-    init_steps: int = 3,
+    acceleration: Acceleration = "none",
+    power_steps: int = 2,
+    init_steps: int = 10,
     seed: int = 0,
     dtype: torch.dtype = COMPUTE_DTYPE,
 ) -> WeightedLowRankResult:
@@ -504,15 +506,17 @@ def sparsity_aware_svd_batched(
     (same shape; None = all ones), on the tensors' device.
 
     Each EM step forms Y = Ω²⊙W_s + (1 − Ω²)⊙Z and runs ``power_steps`` warm-started
-    subspace-iteration steps from the previous row basis instead of a full SVD. With
-    ``acceleration="none"``, Z = X_k: plain EM, every step a descent step. With ``"nesterov"``
-    (default), Z = X_k + β_k (X_k − X_{k−1}) (the accelerated inexact impute of Yao & Kwok 2015):
-    plain EM needs hundreds of steps when pruned entries have weight 0; momentum reaches a far lower
-    objective in the same number of steps. A momentum step that raises a matrix's objective is undone
-    and replaced by a plain step (restart), so the recorded objective never increases in either mode.
+    subspace-iteration steps from the previous row basis instead of a full SVD (one step lags the
+    exact EM by ~3% in objective after 50 steps, two stay within 0.5%). With ``acceleration="none"``
+    (default), Z = X_k: plain EM, every step a descent step. With ``"nesterov"``,
+    Z = X_k + β_k (X_k − X_{k−1}) (the accelerated inexact impute of Yao & Kwok 2015): plain EM needs
+    hundreds of steps when pruned entries have weight ~0; momentum reaches a far lower objective in
+    the same number of steps. A momentum step that raises a matrix's objective is undone and
+    replaced by a plain step (restart), so the recorded objective never increases in either mode.
 
     X₀ is the rank-r approximation of W_s from ``init_steps`` steps of oversampled randomized
-    subspace iteration (seeded). Every matrix stops on its own tolerance, as if it were run alone.
+    subspace iteration (seeded); the EM does not forget a poor X₀, so this is not skimped on.
+    Every matrix stops on its own tolerance, as if it were run alone.
     ``objectives[i]`` holds the objective of each accepted iterate; ``iterations[i]`` counts EM
     steps, undone ones included. Memory: about eight [b, m, n] tensors.
     """
@@ -794,7 +798,7 @@ def factorize_matrices(
     solver: Solver = "fast",
     max_iters: int = DEFAULT_MAX_ITERS,
     tol: float = DEFAULT_TOL,
-    acceleration: Acceleration = "nesterov",
+    acceleration: Acceleration = "none",
     device: torch.device | str | None = None,
     max_batch_bytes: int = 256 << 20,
     seed: int = 0,
