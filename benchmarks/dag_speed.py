@@ -107,6 +107,8 @@ def main() -> int:
                                               "cpu_median_s": statistics.median(rerun_cpu), "cpu_runs_s": rerun_cpu}
     result["load_avg_1m_after"] = os.getloadavg()[0]
     result["meets_target"] = result["paper_dry_run"]["median_s"] <= result["target_s"]
+    # on a shared, loaded machine wall time mostly measures waiting for a CPU
+    result["meets_target_cpu_time"] = result["paper_dry_run"]["cpu_median_s"] <= result["target_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     dry, up = result["paper_dry_run"], result["paper_up_to_date_dry_run"]

@@ -116,10 +116,9 @@ def semantic_problems(cfg):
         if chain.get("retrain") is not None and chain.get("factorize") is None:
             problems.append(f"methods.{method}: a retrain stage needs a factorize stage before it "
                             f"(accepted chains: none, prune, factorize, prune+factorize, [prune+]factorize+retrain)")
-    for listed, what in ((cfg["run_methods"], "run_methods"),):
-        for m in listed or []:
-            if m not in cfg["methods"]:
-                problems.append(f"{what} names unknown method {m!r}; accepted values: {', '.join(cfg['methods'])}")
+    for m in cfg["run_methods"] or []:
+        if m not in cfg["methods"]:
+            problems.append(f"run_methods names unknown method {m!r}; accepted values: {', '.join(cfg['methods'])}")
     for key in ("evaluate", "rank_study"):
         for t in cfg[key]["tasks"] or []:
             if t not in tasks:

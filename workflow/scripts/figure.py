@@ -2,8 +2,11 @@
 lpaf.report; outside Snakemake, `python -m lpaf.report figure KIND ...` draws the same figure."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+# this checkout's lpaf first (with --software-deployment-method conda it is not installed)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
 
 from lpaf.report import metric_figure, rank_figure, speedup_figure  # noqa: E402
 

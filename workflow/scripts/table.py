@@ -2,8 +2,11 @@
 rank_study.csv. The logic lives in lpaf.report; this file only maps Snakemake's objects onto it."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+# this checkout's lpaf first (with --software-deployment-method conda it is not installed)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
 
 from lpaf.report import write_table  # noqa: E402
 
