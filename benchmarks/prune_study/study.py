@@ -42,10 +42,10 @@ EXPLORE: dict[str, list[str]] = {
     "movement-magprior0.1-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "magnitude",
                                   "--score-init-scale", "0.1"],
     # Scores from 0 with a 10x larger lr, and a warm-up where only the scores learn.
-    "movement-zeros-lr0.1-sow-d0.1": ["--method", "movement", "--density", "0.1", "--scores-lr", "0.1",
-                                      "--scores-only-warmup", "--initial-warmup", "0.2"],
+    "movement-zeros-lr0.1-sow-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "zeros",
+                                      "--scores-lr", "0.1", "--scores-only-warmup", "--initial-warmup", "0.2"],
     # The quick trial's setting (scores from 0, lr 1e-2), for reference.
-    "movement-zeros-d0.1": ["--method", "movement", "--density", "0.1"],
+    "movement-zeros-d0.1": ["--method", "movement", "--density", "0.1", "--score-init", "zeros"],
 }
 MOVEMENT_VARIANTS = {name.split("-d0.1")[0]: flags[4:] for name, flags in EXPLORE.items() if "movement" in name}
 
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--max-train-samples", type=int, default=4000)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--movement", default="movement-magprior1", choices=sorted(MOVEMENT_VARIANTS),
+    p.add_argument("--movement", default="movement-magprior0.1", choices=sorted(MOVEMENT_VARIANTS),
                    help="the movement variant of the grid (the one the explore set picked)")
     p.add_argument("--figure", help="draw the rank-study figure from the grid runs + dense (.png/.pdf)")
     args = p.parse_args()
