@@ -225,7 +225,7 @@ def test_default_config_plans_all_rows_from_the_hub(tmp_path):
     assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 8 * 2)
 
 
-@pytest.mark.skipif(not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir(), reason="needs ../shared")
+@pytest.mark.skipif(not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir() and not os.environ.get("CI"), reason="needs ../shared")
 def test_local_model_and_data_overrides_skip_the_fetch_rules(tmp_path):
     res = snakemake(tmp_path, "-n", "--config", f"model_path={SHARED / 'models' / 'all-MiniLM-L6-v2'}",
                     f"data_dir={SHARED / 'data'}", configfile=CONFIGS["config"])
