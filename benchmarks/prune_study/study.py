@@ -172,13 +172,14 @@ def main() -> None:
     if args.figure:
         from lpaf.analysis import rank_study_figure
 
+        metric_name = json.loads((Path(args.teacher) / "metrics.json").read_text())["headline_metric"]
         entries = [{"method": "dense", "retained_percent": 100.0, "metric": results["dense"]["headline"],
-                    "avg_rank": results["dense"]["rank"]["mean_rank"], "dense": True,
-                    "metric_name": results["dense"].get("metric_name")}]
+                    "avg_rank": results["dense"]["rank"]["mean_rank"], "dense": True, "metric_name": metric_name}]
         for name, r in results.items():
             if name in grid(args.movement):
                 entries.append({"method": r["method"], "retained_percent": r["retained_percent"],
-                                "metric": r["headline"], "avg_rank": r["rank"]["mean_rank"], "dense": False})
+                                "metric": r["headline"], "avg_rank": r["rank"]["mean_rank"], "dense": False,
+                                "metric_name": metric_name})
         rank_study_figure(entries, args.figure)
 
 
