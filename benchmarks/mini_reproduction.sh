@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The real-data mini reproduction (config/mini.yaml) on the shared MiniLM and GLUE files.
+#
+#   benchmarks/mini_reproduction.sh              # starts in the background, prints the log path
+#   benchmarks/mini_reproduction.sh --foreground # same, in this terminal
+#   SEEDS='[42,43,44,45,46]' benchmarks/mini_reproduction.sh   # 5 seeds (continues a 1-seed run)
+#
+# Resumable: rerunning it continues where it stopped (Snakemake reruns only missing or incomplete
+# artifacts; an interrupted training job resumes from its last checkpoint). When the table is
+# complete, benchmarks/mini_summary.py copies table, figures and per-stage wall times to
+# benchmarks/results/mini/ (small files only; no weights).
+# Needs: ../shared (models/all-MiniLM-L6-v2, data/glue) beside the repository, and an environment
+# with lpaf installed; without one it creates .venv the way .ci/run does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${LPAF_SHARED:-../shared}
+MODEL="$SHARED/models/all-MiniLM-L6-v2"
+DATA="$SHARED/data"
+CORES=${CORES:-2}
+SEEDS=${SEEDS:-}
+LOG=logs/mini_reproduction.log
+
+if [[ ! -f "$MODEL/config.json" || ! -d "$DATA/glue" ]]; then
+  echo "mini_reproduction: expected the model at $MODEL and GLUE files under $DATA/glue (set LPAF_SHARED=DIR)" >&2
+  exit 2
+fi
+
+if [[ "${1:-}" != "--foreground" ]]; then
+  mkdir -p logs
+  nohup "$0" --foreground >>"$LOG" 2>&1 &
+  echo "mini reproduction running in the background (pid $!); log: $LOG"
+  exit 0
+fi
+
+if ! python3 -c "import lpaf, snakemake" 2>/dev/null; then
+  if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q torch==2.13.0
+    .venv/bin/pip install -q -e ".[test]"
+  fi
+  . .venv/bin/activate
+fi
+
+extra=()
+[[ -n "$SEEDS" ]] && extra=("seeds=$SEEDS")
+echo "[$(date -u +%FT%TZ)] start: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores, CORES=$CORES"
+start=$(date +%s)
+snakemake --cores "$CORES" --configfile config/mini.yaml --rerun-incomplete --keep-going \
+  --config model_path="$MODEL" data_dir="$DATA" "${extra[@]}"
+end=$(date +%s)
+echo "[$(date -u +%FT%TZ)] snakemake finished in $((end - start)) s"
+python3 benchmarks/mini_summary.py --snakemake-wall-s "$((end - start))" --cores "$CORES"
