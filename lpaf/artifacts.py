@@ -105,10 +105,14 @@ def require_complete(directory: str | Path, what: str = "artifact") -> Path:
 def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success replace ``out_dir`` with it.
 
-    On any exception the temporary directory is removed and ``out_dir`` is untouched.
+    On any exception the temporary directory is removed and ``out_dir`` is untouched. A previous
+    finished artifact is swapped out in one atomic exchange (Linux ``renameat2``); where the file
+    system cannot exchange, it is first moved aside to ``.<name>.old-<pid>`` and a ``kill -9``
+    between the two renames is repaired by the next run (:func:`recover_interrupted_replace`).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_replace(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -118,6 +122,9 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         if not is_complete(tmp):
             raise RuntimeError(f"internal error: stage finished without writing {METRICS_FILE}")
         _fault_pause_before_commit()
+        if out_dir.exists() and _exchange(tmp, out_dir):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the previous artifact
+            return
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -128,6 +135,55 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_interrupted_replace(out_dir: str | Path) -> None:
+    """Undo the effects of a run killed while it replaced ``out_dir`` (never lose finished work).
+
+    A finished artifact moved aside (``.<name>.old-<pid>``) whose replacement never arrived is
+    moved back; leftovers of dead runs (``.old-*`` next to a present artifact, ``.partial-*``)
+    are removed.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        if not out_dir.exists() and is_complete(old):
+            os.replace(old, out_dir)
+            print(f"lpaf: restored the finished artifact {out_dir} from an interrupted replace", file=sys.stderr)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for partial in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
+    if os.environ.get("LPAF_NO_RENAME_EXCHANGE") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _fault_pause_before_commit() -> None:

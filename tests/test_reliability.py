@@ -128,3 +128,45 @@ def test_same_seed_same_metrics(tmp_path, glue_dir):
     assert {k for k in a if a[k] != b[k]} <= {"wall_time_s", "train", "args", "command"}
     timing = {"train_wall_time_s", "step_time_s_mean", "step_time_s_median"}
     assert {k for k in a["train"] if a["train"][k] != b["train"][k]} <= timing
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two-renames"])
+def test_replacing_an_artifact_never_leaves_it_missing(tmp_path, monkeypatch, exchange):
+    import sys
+
+    import lpaf.artifacts as artifacts
+
+    if exchange == "two-renames":
+        monkeypatch.setenv("LPAF_NO_RENAME_EXCHANGE", "1")
+    swaps = []
+    real_exchange = artifacts._exchange
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: swaps.append(real_exchange(a, b)) or swaps[-1])
+    out = tmp_path / "a"
+    for version in (1, 2):
+        with atomic_output_dir(out) as tmp:
+            write_json(tmp / "metrics.json", {"v": version})
+        assert json.loads((out / "metrics.json").read_text()) == {"v": version}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    expected = [exchange == "renameat2" and sys.platform.startswith("linux")]
+    assert swaps == expected  # the second write replaced the first; the first had nothing to swap
+
+
+def test_a_replace_killed_between_its_two_renames_is_repaired(tmp_path, capsys):
+    from lpaf.artifacts import recover_interrupted_replace
+
+    out = tmp_path / "a"
+    old = tmp_path / ".a.old-999999"  # a finished artifact moved aside by a run that was then killed
+    old.mkdir()
+    write_json(old / "metrics.json", {"v": 1})
+    dead_partial = tmp_path / ".a.partial-999999"
+    dead_partial.mkdir()
+    with pytest.raises(RuntimeError):  # the rerun itself fails: the old artifact must still come back
+        with atomic_output_dir(out):
+            raise RuntimeError("boom")
+    assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
+    assert "restored the finished artifact" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    stale = tmp_path / ".a.old-999998"  # a leftover next to a present artifact is removed
+    stale.mkdir()
+    recover_interrupted_replace(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
