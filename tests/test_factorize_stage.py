@@ -49,6 +49,7 @@ def _factorize(assets, source: str, out: str, *extra) -> tuple[int, Path]:
     ("teacher", "fwsvd", ["--fisher-batches", "2"]),
     ("pruned", "svd", []),
     ("pruned", "sparsity-aware", ["--weights", "mask", "--pruned-weight", "0.1"]),
+    ("pruned", "sparsity-aware", ["--acceleration", "nesterov"]),
     ("pruned", "sparsity-aware", ["--weights", "importance", "--pruned-weight", "0.0", "--solver", "exact"]),
     ("pruned", "importance-row-svd", []),
 ])
@@ -104,6 +105,8 @@ def test_rank_rule_nnz_uses_the_pruned_nonzeros(assets):
     ("teacher", ["--method", "qr"], r"argument --method: invalid choice: 'qr'"),
     ("teacher", ["--method", "sparsity-aware"], r"needs a pruned model: .*masks.safetensors not found"),
     ("teacher", ["--pruned-weight", "2"], r"--pruned-weight must be in \[0, 1\], got 2.0"),
+    ("teacher", ["--solver", "exact", "--acceleration", "nesterov"],
+     r"--acceleration nesterov applies to --solver fast only \(got --solver exact\)"),
     ("factorized", [], r"is already factorized"),
     ("foreign_masks", ["--method", "sparsity-aware"], r"masks.safetensors does not match the model"),
 ])

@@ -41,6 +41,8 @@ class FactorizeArgs:
     pruned_weight: float = field(
         default=0.1, metadata={"help": "λ: weight of pruned entries in Ω = M + λ(1-M), in [0, 1] (1 = plain SVD)"})
     solver: Literal["fast", "exact"] = field(default="fast", metadata={"help": "sparsity-aware EM solver"})
+    acceleration: Literal["none", "nesterov"] = field(
+        default="none", metadata={"help": "fast solver: plain EM (objective never rises) or Nesterov momentum with restarts"})
     max_iters: int = field(default=50, metadata={"help": "EM iterations at most"})
     tol: float = field(default=1e-4, metadata={"help": "EM stops when the objective's relative change is below"})
     fisher_batches: int = field(default=32, metadata={"help": "fwsvd: training batches for the Fisher row weights"})
@@ -53,6 +55,8 @@ class FactorizeArgs:
             problems.append(f"--density must be in (0, 1], got {self.density}")
         if not 0.0 <= self.pruned_weight <= 1.0:
             problems.append(f"--pruned-weight must be in [0, 1], got {self.pruned_weight}")
+        if self.acceleration != "none" and self.solver != "fast":
+            problems.append(f"--acceleration {self.acceleration} applies to --solver fast only (got --solver {self.solver})")
         if self.max_iters < 1:
             problems.append(f"--max-iters must be >= 1, got {self.max_iters}")
         if not self.tol > 0:
@@ -153,7 +157,8 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
         method_weights = scores
     solve_t0 = time.perf_counter()
     results = factorize_matrices(source, allocation.ranks, args.method, method_weights, solver=args.solver,
-                                 max_iters=args.max_iters, tol=args.tol, device=device, seed=run_args.seed)
+                                 max_iters=args.max_iters, tol=args.tol, acceleration=args.acceleration,
+                                 device=device, seed=run_args.seed)
     solver_wall_time_s = time.perf_counter() - solve_t0
     model = swap_encoder_linears(model.cpu(), {n: (r.A, r.B) for n, r in results.items()})
     metrics = evaluate_model(model, data, args.eval_batch_size, device)
