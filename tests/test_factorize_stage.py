@@ -134,3 +134,19 @@ def test_bad_input_one_line_exit_2_nothing_written(assets, capsys, source, extra
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert re.search(pattern, lines[0]), lines[0]
     assert not out.exists() and not list(assets["root"].glob(".bad.partial-*"))
+
+
+def test_masked_error_is_reported_and_sparsity_aware_fits_the_kept_weights_better(assets):
+    """λ = 0 fits only the kept weights, starting from the SVD and never increasing its objective:
+    its error on the kept entries is at most plain SVD's."""
+    errors = {}
+    for method, extra in (("svd", []), ("sparsity-aware", ["--pruned-weight", "0", "--solver", "exact"])):
+        code, out = _factorize(assets, "pruned", f"masked-{method}", "--method", method, *extra)
+        assert code == 0
+        m = json.loads((out / "metrics.json").read_text())["factorization"]
+        assert all(0 <= r["masked_relative_error"] for r in m["per_matrix"].values())
+        errors[method] = m["summary"]["mean_masked_relative_error"]
+    assert errors["sparsity-aware"] < errors["svd"]
+    code, out = _factorize(assets, "teacher", "masked-dense", "--method", "svd")
+    assert code == 0  # a dense source has no masks, so no masked error
+    assert json.loads((out / "metrics.json").read_text())["factorization"]["summary"]["mean_masked_relative_error"] is None

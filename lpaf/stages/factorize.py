@@ -138,6 +138,8 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     names = list(linears)
     source = {n: linears[n].weight.detach().float().cpu().clone() for n in names}
     shapes = {n: tuple(w.shape) for n, w in source.items()}
+    if not needs_masks and (src / MASKS_FILE).is_file():  # svd of a pruned model: masks for the error report
+        needs_masks = True
     masks = _load_named_tensors(src / MASKS_FILE, names, "mask", shapes) if needs_masks else None
     scores = _load_named_tensors(src / SCORES_FILE, names, "scores", shapes) if needs_scores else None
     allocation = allocate_ranks(shapes, args.density, rule=args.rank_rule,
@@ -163,6 +165,9 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     model = swap_encoder_linears(model.cpu(), {n: (r.A, r.B) for n, r in results.items()})
     metrics = evaluate_model(model, data, args.eval_batch_size, device)
     per_matrix = {n: r.log_record() for n, r in results.items()}
+    if masks is not None:  # the error on the weights pruning kept (what sparsity-aware SVD fits)
+        for n, r in results.items():
+            per_matrix[n]["masked_relative_error"] = _masked_relative_error(source[n], r.A, r.B, masks[n].bool())
     record = stage_metrics(
         "factorize", task, metrics, model.cpu(), asdict_all(args, data_args, run_args), now() - t0, data,
         method=args.method, density=args.density, solver_wall_time_s=solver_wall_time_s,
@@ -179,6 +184,13 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     return record
 
 
+def _masked_relative_error(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, keep: torch.Tensor) -> float:
+    """||M ⊙ (W - AB)|| / ||M ⊙ W||: the fit on the kept entries only."""
+    w = weight.double()
+    diff = (w - A.double() @ B.double())[keep]
+    return float(diff.norm() / w[keep].norm().clamp_min(1e-30))
+
+
 def _summary(per_matrix: dict[str, dict]) -> dict:
     import statistics
 
@@ -187,5 +199,6 @@ def _summary(per_matrix: dict[str, dict]) -> dict:
         return statistics.fmean(vals) if vals else None
 
     return {"mean_rank": mean("rank"), "mean_relative_error": mean("relative_error"),
-            "mean_weighted_relative_error": mean("weighted_relative_error"), "mean_iterations": mean("iterations"),
+            "mean_weighted_relative_error": mean("weighted_relative_error"),
+            "mean_masked_relative_error": mean("masked_relative_error"), "mean_iterations": mean("iterations"),
             "stored_weights": sum(r["stored_weights"] for r in per_matrix.values())}
