@@ -61,7 +61,7 @@ def grid(movement: str) -> dict[str, list[str]]:
 
 
 def base_flags(args) -> list[str]:
-    return ["--model", args.teacher, "--task", args.task, "--data", args.data, "--max-length", "64",
+    return ["--model", args.teacher, "--task", args.task, "--data", args.data, "--max-length", str(args.max_length),
             "--max-train-samples", str(args.max_train_samples), "--epochs", str(args.epochs), "--batch-size", "32",
             "--device", "cpu", "--seed", str(args.seed), "--save-steps", "100"]
 
@@ -72,7 +72,8 @@ def run_prune(name: str, flags: list[str], args) -> Path:
         return out
     log = Path(args.work) / f"{name}.log"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "lpaf.cli", "prune", *base_flags(args), *flags, "--out", str(out)]
+    cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "lpaf.cli", "prune", *base_flags(args), *flags,
+           "--out", str(out)]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(flags)}", flush=True)
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
@@ -137,6 +138,11 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/lpaf_study/runs")
     p.add_argument("--max-train-samples", type=int, default=4000)
     p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--nice", type=int, default=0, help="run the prune jobs at this niceness")
+    p.add_argument("--reuse", action="append", default=[], metavar="NAME=DIR",
+                   help="take run NAME from an existing `lpaf prune` output with the same settings "
+                        "(e.g. the workflow's), instead of running it")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--movement", default="movement-magprior0.1", choices=sorted(MOVEMENT_VARIANTS),
                    help="the movement variant of the grid (the one the explore set picked)")
@@ -149,6 +155,11 @@ def main() -> None:
     from safetensors.torch import load_file
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    for spec in args.reuse:
+        name, directory = spec.split("=", 1)
+        link = Path(args.work) / name
+        if not link.exists():
+            link.symlink_to(Path(directory).resolve(), target_is_directory=True)
     results_path = HERE / f"results_{args.task}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if "dense" not in results:

@@ -56,7 +56,7 @@ def factorize(pruned: Path, density: float, out: Path, data: str, method: str) -
     """Rank-r factors of every encoder linear at the density's budget (``lpaf factorize``, which
     also writes the source matrices mixed-rank re-training runs)."""
     if not (out / "metrics.json").is_file():
-        cmd = [sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", "sst2",
+        cmd = ["nice", "-n", "19", sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", "sst2",
                "--data", data, "--max-length", "64", "--method", method, "--density", str(density),
                "--out", str(out), "--device", "cpu"]
         subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -67,7 +67,8 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
     out = Path(args.work) / args.tag / f"{variant}-s{seed}"
     log = Path(args.work) / args.tag / f"{variant}-s{seed}.log"
     if not (out / "metrics.json").is_file():
-        cmd = [sys.executable, "-m", "lpaf.cli", "retrain", *base_flags(args, factorized), *VARIANTS[variant],
+        cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "lpaf.cli", "retrain",
+               *base_flags(args, factorized), *VARIANTS[variant],
                "--seed", str(seed), "--out", str(out)]
         print(f"[{time.strftime('%H:%M:%S')}] {args.tag} {variant} seed {seed}", flush=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/lpaf_retrain_study", help="where models go (large; not the repo)")
     p.add_argument("--variants", nargs="+", default=["plain-e1", "mixed-e1"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    p.add_argument("--nice", type=int, default=0, help="run the retrain jobs at this niceness")
     p.add_argument("--summary", action="store_true", help="only summarize the results file")
     args = p.parse_args()
     if args.summary:
