@@ -52,12 +52,13 @@ def base_flags(args, factorized: Path) -> list[str]:
             "--device", "cpu", "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
 
 
-def factorize(pruned: Path, density: float, out: Path, data: str, method: str) -> Path:
+def factorize(pruned: Path, density: float, out: Path, data: str, method: str, pruned_weight: float) -> Path:
     """Rank-r factors of every encoder linear at the density's budget (``lpaf factorize``, which
     also writes the source matrices mixed-rank re-training runs)."""
     if not (out / "metrics.json").is_file():
         cmd = ["nice", "-n", "19", sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", "sst2",
                "--data", data, "--max-length", "64", "--method", method, "--density", str(density),
+               "--pruned-weight", str(pruned_weight),
                "--out", str(out), "--device", "cpu"]
         subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return out
@@ -144,6 +145,7 @@ def main() -> None:
     p.add_argument("--density", type=float, default=0.25)
     p.add_argument("--factorizer", default="svd", choices=["svd", "sparsity-aware"],
                    help="lpaf factorize --method (sparsity-aware with the stage's default λ)")
+    p.add_argument("--pruned-weight", type=float, default=0.1, help="λ of sparsity-aware SVD")
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--max-train-samples", type=int, default=4000)
     p.add_argument("--eval-every-steps", type=int, default=25)
@@ -161,11 +163,11 @@ def main() -> None:
     work = Path(args.work) / args.tag
     work.mkdir(parents=True, exist_ok=True)
     pruned = Path(args.pruned)
-    factorized = factorize(pruned, args.density, work / "factorized", args.data, args.factorizer)
+    factorized = factorize(pruned, args.density, work / "factorized", args.data, args.factorizer, args.pruned_weight)
     results = load_results(args.tag)
     results["setup"] = {"teacher": args.teacher, "pruned": str(pruned), "pruned_record": _record(pruned),
                         "factorized_record": _record(factorized), "density": args.density,
-                        "factorizer": args.factorizer,
+                        "factorizer": args.factorizer, "pruned_weight": args.pruned_weight,
                         "max_train_samples": args.max_train_samples, "max_length": 64, "batch_size": 32,
                         "eval_every_steps": args.eval_every_steps, "threads": 1}
     for seed in args.seeds:  # seed-major: every variant of a seed lands before the next seed
