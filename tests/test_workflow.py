@@ -26,7 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
-CONFIGS = {name: REPO / "config" / f"{name}.yaml" for name in ("config", "paper", "smoke")}
+CONFIGS = {name: REPO / "config" / f"{name}.yaml" for name in ("config", "paper", "smoke", "mini")}
 SHARED = REPO.parent / "shared"
 
 
@@ -189,7 +189,7 @@ def fake_work(fake_done, tmp_path):
 # lint and DAG shape
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["config", "paper", "smoke"])
+@pytest.mark.parametrize("name", ["config", "paper", "smoke", "mini"])
 def test_lint_is_clean(tmp_path, name):
     res = snakemake(tmp_path, "--lint", configfile=CONFIGS[name])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -223,6 +223,30 @@ def test_default_config_plans_all_rows_from_the_hub(tmp_path):
     counts = job_counts(res.stdout)
     assert counts["fetch_model"] == 1 and counts["fetch_data"] == 2
     assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 8 * 2)
+
+
+def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path):
+    """config/mini.yaml: both tasks, both densities, all nine rows; the documented override of
+    benchmarks/mini_reproduction.sh plans the same jobs without the fetch rules."""
+    cfg = yaml.safe_load(CONFIGS["mini"].read_text())
+    assert cfg["model"] == "sentence-transformers/all-MiniLM-L6-v2" and len(cfg["methods"]) == 9
+    tasks, densities = len(cfg["tasks"]), len(cfg["densities"])
+    res = snakemake(tmp_path, "-n", configfile=CONFIGS["mini"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    hub = job_counts(res.stdout)
+    assert hub["fetch_model"] == 1 and hub["fetch_data"] == tasks
+    assert hub["finetune"] == tasks and hub["prune"] == tasks * 2 * densities
+    assert hub["factorize"] == tasks * 5 * densities and hub["retrain"] == tasks * 6 * densities
+    script = (REPO / "benchmarks" / "mini_reproduction.sh").read_text()
+    assert "--configfile config/mini.yaml" in script and 'model_path="$MODEL" data_dir="$DATA"' in script
+    shared_model = SHARED / "models" / "all-MiniLM-L6-v2"
+    if not shared_model.is_dir() and not os.environ.get("CI"):
+        return  # users without ../shared: the hub plan above is the whole check
+    res = snakemake(tmp_path, "-n", "--config", f"model_path={shared_model}", f"data_dir={SHARED / 'data'}",
+                    configfile=CONFIGS["mini"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    local = job_counts(res.stdout)
+    assert {k: v for k, v in hub.items() if not k.startswith("fetch")} == local
 
 
 @pytest.mark.skipif(not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir() and not os.environ.get("CI"), reason="needs ../shared")
