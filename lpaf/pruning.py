@@ -214,9 +214,10 @@ class Pruner:
         scores_lr: learning rate of the score parameters (learned methods).
         score_init: "zeros" (Sanh et al.) or "magnitude": S = score_init_scale · |W| / mean|W|,
             a zero-order prior that the first-order updates then reorder. The default (magnitude,
-            0.1) is what worked on MiniLM / 4k SST-2 / 250 steps: from zeros the Adam-driven
-            scores stay a random walk (random masks, chance accuracy), see
-            benchmarks/prune_study/.
+            1.0) is what worked on MiniLM / 4k SST-2 / 250 steps: from zeros the Adam-driven
+            scores stay a random walk (random masks, chance accuracy), and a weaker prior (0.1)
+            collapsed from a teacher that had fitted its training set, whose first-order signal
+            is pure noise at the start (benchmarks/prune_study/README.md).
         score_init_scale: see ``score_init``.
         scores_only_warmup: during the initial warm-up only the scores learn (the weights and
             the head stay fixed), so the mask starts from the teacher's first-order signal.
@@ -226,7 +227,7 @@ class Pruner:
 
     def __init__(self, method: str, density: float, *, scope: str = "local", initial_warmup: float = 0.1,
                  final_warmup: float = 0.2, scores_lr: float = 1e-2, score_init: str = "magnitude",
-                 score_init_scale: float = 0.1, scores_only_warmup: bool = False, soft_l1: float = 10.0,
+                 score_init_scale: float = 1.0, scores_only_warmup: bool = False, soft_l1: float = 10.0,
                  platon_betas: tuple[float, float] = (0.85, 0.95)):
         problems = check_settings(method, density, scope, initial_warmup, final_warmup, scores_lr, score_init,
                                   score_init_scale, soft_l1, platon_betas)

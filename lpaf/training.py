@@ -328,6 +328,9 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         "train_loss": float(result.training_loss),
         "train_wall_time_s": time.perf_counter() - t0,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        # (step, logged training loss): a run that learns nothing (a flat or exploding loss) shows here
+        "loss_history": [[int(e["step"]), float(e["loss"])] for e in trainer.state.log_history
+                         if "loss" in e and "step" in e],
         **timer.summary(),
     }
     if eval_cb is not None:

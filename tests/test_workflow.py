@@ -226,17 +226,23 @@ def test_default_config_plans_all_rows_from_the_hub(tmp_path):
 
 
 def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path):
-    """config/mini.yaml: both tasks, both densities, all nine rows; the documented override of
+    """config/mini.yaml: both tasks, both densities, the nine rows of METHOD.md plus the PLATON
+    sparse reference and the movement-pruned lpaf chain; the documented override of
     benchmarks/mini_reproduction.sh plans the same jobs without the fetch rules."""
     cfg = yaml.safe_load(CONFIGS["mini"].read_text())
-    assert cfg["model"] == "sentence-transformers/all-MiniLM-L6-v2" and len(cfg["methods"]) == 9
+    method_rows = {"dense", "movement", "magnitude", "svd", "fwsvd", "magnitude+svd", "lpaf", "lpaf-no-sa-svd",
+                   "lpaf-no-mixed-rank"}
+    assert cfg["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert set(cfg["methods"]) == method_rows | {"platon", "lpaf-movement"}
     tasks, densities = len(cfg["tasks"]), len(cfg["densities"])
     res = snakemake(tmp_path, "-n", configfile=CONFIGS["mini"])
     assert res.returncode == 0, res.stderr[-3000:]
     hub = job_counts(res.stdout)
     assert hub["fetch_model"] == 1 and hub["fetch_data"] == tasks
-    assert hub["finetune"] == tasks and hub["prune"] == tasks * 2 * densities
-    assert hub["factorize"] == tasks * 5 * densities and hub["retrain"] == tasks * 6 * densities
+    # prune: movement, magnitude, platon; factorize: svd and fwsvd of the dense model, svd of the
+    # magnitude-pruned, sa-svd and svd of the PLATON-pruned, sa-svd of the movement-pruned model
+    assert hub["finetune"] == tasks and hub["prune"] == tasks * 3 * densities
+    assert hub["factorize"] == tasks * 6 * densities and hub["retrain"] == tasks * 7 * densities
     script = (REPO / "benchmarks" / "mini_reproduction.sh").read_text()
     assert "--configfile config/mini.yaml" in script and 'model_path="$MODEL" data_dir="$DATA"' in script
     shared_model = SHARED / "models" / "all-MiniLM-L6-v2"

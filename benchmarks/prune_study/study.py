@@ -50,6 +50,17 @@ EXPLORE: dict[str, list[str]] = {
 MOVEMENT_VARIANTS = {name.split("-d0.1")[0]: flags[4:] for name, flags in EXPLORE.items() if "movement" in name}
 
 
+# The mini reproduction's 3-epoch teachers (benchmarks/results/mini): movement with the default prior
+# collapsed there at 0.25; which settings survive a teacher that has fitted its training set?
+SHARP_TEACHER: dict[str, list[str]] = {
+    "movement-magprior0.1-d0.25": ["--method", "movement", "--density", "0.25", "--score-init", "magnitude",
+                                   "--score-init-scale", "0.1"],
+    "movement-magprior1-d0.25": ["--method", "movement", "--density", "0.25", "--score-init", "magnitude",
+                                 "--score-init-scale", "1.0"],
+    "platon-d0.25": ["--method", "platon", "--density", "0.25"],
+}
+
+
 def grid(movement: str) -> dict[str, list[str]]:
     """magnitude, PLATON and one movement variant (an EXPLORE name without -d0.1) at 0.5/0.25/0.1."""
     runs = {}
@@ -114,6 +125,7 @@ def analyse(name: str, out: Path, flags: list[str], teacher_weights: dict) -> di
         "rank": ranks["summary"], "mean_zero_rows": zero_rows, "mean_zero_cols": zero_cols,
         "train_steps": record["train"]["train_steps"], "step_time_s_median": record["train"]["step_time_s_median"],
         "wall_time_s": record["wall_time_s"], "eval_history": record["train"].get("eval_history"),
+        "loss_history": record["train"].get("loss_history"),
     }
 
 
@@ -130,7 +142,8 @@ def dense_record(teacher: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--set", choices=["explore", "grid", "none"], default="explore")
+    p.add_argument("--set", choices=["explore", "grid", "sharp-teacher", "none"], default="explore")
+    p.add_argument("--results-tag", default="", help="write results_<task><tag>.json (another teacher's study)")
     p.add_argument("--only", nargs="*", help="run only these names of the set")
     p.add_argument("--task", default="sst2")
     p.add_argument("--teacher", default="/tmp/lpaf_study/teacher_sst2")
@@ -160,11 +173,11 @@ def main() -> None:
         link = Path(args.work) / name
         if not link.exists():
             link.symlink_to(Path(directory).resolve(), target_is_directory=True)
-    results_path = HERE / f"results_{args.task}.json"
+    results_path = HERE / f"results_{args.task}{args.results_tag}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if "dense" not in results:
         results["dense"] = dense_record(args.teacher)
-    runs = {"explore": EXPLORE, "grid": grid(args.movement), "none": {}}[args.set]
+    runs = {"explore": EXPLORE, "grid": grid(args.movement), "sharp-teacher": SHARP_TEACHER, "none": {}}[args.set]
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only}
     teacher_sd = load_file(str(Path(args.teacher) / "model.safetensors"))

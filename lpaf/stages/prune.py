@@ -37,7 +37,7 @@ class PruneArgs:
     score_init: ScoreInit = field(default="magnitude", metadata={
         "help": "movement scores start at score-init-scale*|W|/mean|W| (a magnitude prior the learned part "
                 "reorders), or at 0 as in Sanh et al. (needs thousands of steps to beat a random mask)"})
-    score_init_scale: float = field(default=0.1, metadata={"help": "scale of the magnitude score initialisation"})
+    score_init_scale: float = field(default=1.0, metadata={"help": "scale of the magnitude score initialisation"})
     initial_warmup: float = field(default=0.1, metadata={
         "help": "fraction of the steps at density 1 before pruning starts"})
     final_warmup: float = field(default=0.2, metadata={
