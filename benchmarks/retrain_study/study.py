@@ -47,17 +47,21 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def base_flags(args, factorized: Path) -> list[str]:
-    return ["--model", str(factorized), "--teacher", args.teacher, "--task", "sst2", "--data", args.data,
-            "--max-length", "64", "--max-train-samples", str(args.max_train_samples), "--batch-size", "32",
-            "--device", "cpu", "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
+    flags = ["--model", str(factorized), "--teacher", args.teacher, "--task", args.task, "--data", args.data,
+             "--max-length", str(args.max_length), "--batch-size", "32",
+             "--device", "cpu", "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
+    if args.max_train_samples:
+        flags += ["--max-train-samples", str(args.max_train_samples)]
+    return flags
 
 
-def factorize(pruned: Path, density: float, out: Path, data: str, method: str, pruned_weight: float) -> Path:
+def factorize(pruned: Path, density: float, out: Path, data: str, method: str, pruned_weight: float,
+              task: str = "sst2", max_length: int = 64) -> Path:
     """Rank-r factors of every encoder linear at the density's budget (``lpaf factorize``, which
     also writes the source matrices mixed-rank re-training runs)."""
     if not (out / "metrics.json").is_file():
-        cmd = ["nice", "-n", "19", sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", "sst2",
-               "--data", data, "--max-length", "64", "--method", method, "--density", str(density),
+        cmd = ["nice", "-n", "19", sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", task,
+               "--data", data, "--max-length", str(max_length), "--method", method, "--density", str(density),
                "--pruned-weight", str(pruned_weight),
                "--out", str(out), "--device", "cpu"]
         subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -79,10 +83,11 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
             raise SystemExit(f"{variant} seed {seed} failed with exit code {rc}; see {log}")
     m = json.loads((out / "metrics.json").read_text())
     train = m["train"]
+    key = "f1" if "f1" in m["metrics"] else "accuracy"  # the headline: MRPC F1, SST-2 accuracy
     return {
-        "variant": variant, "seed": seed, "accuracy": m["metrics"]["accuracy"],
-        "best_accuracy": (m["best_eval"] or {}).get("accuracy"), "best_step": (m["best_eval"] or {}).get("step"),
-        "eval_history": [[h["step"], h["accuracy"]] for h in train.get("eval_history", [])],
+        "variant": variant, "seed": seed, "metric": key, "accuracy": m["metrics"][key],
+        "best_accuracy": (m["best_eval"] or {}).get(key), "best_step": (m["best_eval"] or {}).get("step"),
+        "eval_history": [[h["step"], h[key]] for h in train.get("eval_history", [])],
         "train_steps": train["train_steps"], "train_loss": train["train_loss"],
         "train_wall_time_s": train["train_wall_time_s"], "step_time_s_median": train["step_time_s_median"],
         "step_time_by_phase": train.get("step_time_by_phase"),
@@ -141,13 +146,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", required=True, help="names this factorization's result file")
     p.add_argument("--teacher", default="/tmp/lpaf_study/teacher_sst2")
+    p.add_argument("--task", default="sst2", help="sst2 or mrpc (the run's headline metric is recorded as "
+                                                  "'accuracy': SST-2 accuracy, MRPC F1)")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--factorized", help="an existing lpaf factorize artifact (e.g. the workflow's) instead of "
+                                        "factorizing --pruned here")
     p.add_argument("--pruned", help="an lpaf prune artifact (the model to factorize); needed unless --summary")
     p.add_argument("--density", type=float, default=0.25)
     p.add_argument("--factorizer", default="svd", choices=["svd", "sparsity-aware"],
                    help="lpaf factorize --method (sparsity-aware with the stage's default λ)")
     p.add_argument("--pruned-weight", type=float, default=0.1, help="λ of sparsity-aware SVD")
     p.add_argument("--data", default=str(SHARED / "data"))
-    p.add_argument("--max-train-samples", type=int, default=4000)
+    p.add_argument("--max-train-samples", type=int, default=4000, help="0: the whole training set")
     p.add_argument("--eval-every-steps", type=int, default=25)
     p.add_argument("--work", default="/tmp/lpaf_retrain_study", help="where models go (large; not the repo)")
     p.add_argument("--variants", nargs="+", default=["plain-e1", "mixed-e1"], choices=list(VARIANTS))
@@ -158,17 +168,24 @@ def main() -> None:
     if args.summary:
         summarize(args.tag)
         return
-    if args.pruned is None:
-        p.error("--pruned is required to run the study")
+    if args.pruned is None and args.factorized is None:
+        p.error("--pruned or --factorized is required to run the study")
     work = Path(args.work) / args.tag
     work.mkdir(parents=True, exist_ok=True)
-    pruned = Path(args.pruned)
-    factorized = factorize(pruned, args.density, work / "factorized", args.data, args.factorizer, args.pruned_weight)
+    if args.factorized:
+        factorized = Path(args.factorized)
+        fact = json.loads((factorized / "metrics.json").read_text())
+        pruned = Path(fact.get("source_model", ""))
+    else:
+        pruned = Path(args.pruned)
+        factorized = factorize(pruned, args.density, work / "factorized", args.data, args.factorizer,
+                               args.pruned_weight, args.task, args.max_length)
     results = load_results(args.tag)
     results["setup"] = {"teacher": args.teacher, "pruned": str(pruned), "pruned_record": _record(pruned),
                         "factorized_record": _record(factorized), "density": args.density,
                         "factorizer": args.factorizer, "pruned_weight": args.pruned_weight,
-                        "max_train_samples": args.max_train_samples, "max_length": 64, "batch_size": 32,
+                        "task": args.task, "factorized": str(factorized),
+                        "max_train_samples": args.max_train_samples, "max_length": args.max_length, "batch_size": 32,
                         "eval_every_steps": args.eval_every_steps, "threads": 1}
     for seed in args.seeds:  # seed-major: every variant of a seed lands before the next seed
         for variant in args.variants:

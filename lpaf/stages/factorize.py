@@ -39,7 +39,8 @@ class FactorizeArgs:
     weights: Literal["mask", "importance"] = field(
         default="mask", metadata={"help": "sparsity-aware entry weights: keep mask, or normalized importance scores"})
     pruned_weight: float = field(
-        default=0.1, metadata={"help": "λ: weight of pruned entries in Ω = M + λ(1-M), in [0, 1] (1 = plain SVD)"})
+        default=0.5, metadata={"help": "λ: weight of pruned entries in Ω = M + λ(1-M), in [0, 1] (1 = plain SVD; "
+                                       "0.5 = the best λ < 1 after re-training in benchmarks/retrain_study)"})
     solver: Literal["fast", "exact"] = field(default="fast", metadata={"help": "sparsity-aware EM solver"})
     acceleration: Literal["none", "nesterov"] = field(
         default="none", metadata={"help": "fast solver: plain EM (objective never rises) or Nesterov momentum with restarts"})
