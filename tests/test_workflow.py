@@ -222,7 +222,8 @@ def test_default_config_plans_all_rows_from_the_hub(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     assert counts["fetch_model"] == 1 and counts["fetch_data"] == 2
-    assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 8 * 2)
+    # dense + 10 rows (3 sparse references, 7 factorized) at 2 densities, on 2 tasks
+    assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 10 * 2)
 
 
 def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path):
