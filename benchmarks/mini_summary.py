@@ -3,7 +3,7 @@
 Copies the small outputs of the workflow (table, runs, rank study, figures) and writes
 `run_info.json`: the command, commit, machine, and the wall time per stage summed from every
 artifact's `metrics.json` / `eval.json` / `rank.json` (so a run continued across several
-invocations is still accounted for). Run by benchmarks/mini_reproduction.sh when the table is
+invocations is still accounted for); then benchmarks/mini_claims.py writes `claims.md`. Run by benchmarks/mini_reproduction.sh when the table is
 complete; rerun it by hand after a resumed run.
 """
 
@@ -92,7 +92,9 @@ def main() -> int:
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"mini_summary: wrote {OUT.relative_to(REPO)} ({len(COPY)} tables, "
           f"{len(list((OUT / 'figures').glob('*.png')))} figures, run_info.json)")
-    return 0
+    # the claims of the paper, read off the copied tables (claims.md / claims.json)
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "mini_claims.py"), "--dir", str(OUT)],
+                          cwd=REPO).returncode
 
 
 if __name__ == "__main__":
