@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_prune_artifact_reloads_with_exact_zeros(tmp_path, glue_dir, method):
     teacher = make_teacher(tmp_path / "teacher")
     out = tmp_path / "pruned"
     assert _run(["prune", "--model", teacher, "--task", "sst2", "--data", glue_dir, "--out", out,
-                 "--method", method, "--density", 0.25, *QUICK]) == 0
+                 "--method", method, "--density", 0.25, "--logging-steps", 4, *QUICK]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["stage"] == "prune" and m["method"] == method and m["density"] == 0.25
     assert m["achieved_density"]["overall"] == pytest.approx(0.25)
@@ -51,6 +52,10 @@ def test_prune_artifact_reloads_with_exact_zeros(tmp_path, glue_dir, method):
     assert m["teacher"]["headline"] == 0.5 and m["args"]["method"] == method
     for key in ("step_time_s_mean", "step_time_s_median", "train_steps"):
         assert key in m["train"]
+    # the logged training loss, step by step: what shows a run that learns nothing
+    history = m["train"]["loss_history"]
+    assert history and [s for s, _ in history] == sorted({s for s, _ in history})
+    assert history[-1][0] <= m["train"]["train_steps"] and all(math.isfinite(loss) for _, loss in history)
     assert m["pruning_step_time"]["mask_updates"] > 0
     assert not (tmp_path / ".pruned.checkpoints").exists()
 
