@@ -12,6 +12,12 @@ with the same seed and length (seeds are paired: same data order, same dropout s
     python benchmarks/retrain_study/study.py --teacher TEACHER --pruned /tmp/lpaf_retrain_study/prune-mag-d0.25 \
         --tag mag-d0.25-svd --variants plain-e1 mixed-e1 --seeds 1 2 3 4 5
     python benchmarks/retrain_study/study.py --tag mag-d0.25-svd --summary
+
+MRPC, from the mini reproduction's sparsity-aware factorization of its PLATON-pruned model:
+    python benchmarks/retrain_study/study.py --tag mrpc-platon-d0.25-sa --task mrpc --max-length 128 \
+        --max-train-samples 0 --teacher results/all-MiniLM-L6-v2/mrpc/s42/dense-659b1f \
+        --factorized results/all-MiniLM-L6-v2/mrpc/s42/dense-659b1f/prune-platon-abffa7-d0.25/fact-sa-svd-2d7cd8-d0.25 \
+        --density 0.25 --factorizer sparsity-aware --pruned-weight 0.5 --variants plain-e1 mixed-e1 --seeds 1 2 3 4 5
 """
 
 from __future__ import annotations
