@@ -118,6 +118,25 @@ def test_set_factors_checks_shapes():
         low.set_factors(torch.zeros(3, 3), torch.zeros(3, 4))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_gradients_equal_the_two_linears(bias):
+    """The in-place bias add of the forward computes A(B(x)) and trains the same parameters."""
+    torch.manual_seed(0)
+    module = LowRankLinear(12, 9, 4, bias=bias)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    out = module(x)
+    reference = module.A(module.B(x))
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    ref_grads = torch.autograd.grad(reference.square().sum(), [x, *module.parameters()])
+    assert len(grads) == (4 if bias else 3)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+        assert got.abs().sum() > 0
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x.detach()), reference.detach())
+
+
 def test_stored_weight_count_is_r_m_plus_n():
     assert LowRankLinear(768, 3072, rank=153).stored_weight_count() == 153 * (768 + 3072)
 
