@@ -97,15 +97,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run only these run names")
+    p.add_argument("--results-tag", default="", help="write results_<task><tag>.json (other pruned models)")
     args = p.parse_args()
-    args.work = args.work or f"/tmp/lpaf_factorize_study/{args.task}"
+    args.work = args.work or f"/tmp/lpaf_factorize_study/{args.task}{args.results_tag}"
     Path(args.work).mkdir(parents=True, exist_ok=True)
 
     from safetensors.torch import load_file
 
     teacher_sd = load_file(str(Path(args.teacher) / "model.safetensors"))
     teacher_weights = {k[: -len(".weight")]: v for k, v in teacher_sd.items() if k.endswith(".weight")}
-    results_path = HERE / f"results_{args.task}.json"
+    results_path = HERE / f"results_{args.task}{args.results_tag}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     teacher_record = json.loads((Path(args.teacher) / "metrics.json").read_text())
     results["dense"] = {"headline": teacher_record["headline"], "metrics": teacher_record["metrics"],
