@@ -21,6 +21,7 @@ round-robin so the share of the speed-up owed to that trick alone is visible.
 
     python benchmarks/inference_speed.py            # full: batch 32 x 128, 3 densities
     python benchmarks/inference_speed.py --quick    # batch 8 x 128, fewer runs
+    python benchmarks/inference_speed.py --malloc-no-mmap --out benchmarks/results/inference_speed_malloc.json
 
 Writes ``benchmarks/results/inference_speed.json`` and prints the ratios.
 """
@@ -45,6 +46,8 @@ from lpaf.factorize import allocate_rank  # noqa: E402
 from lpaf.lowrank import load_model, swap_encoder_linears  # noqa: E402
 from lpaf.modules import count_parameters, find_encoder_linears  # noqa: E402
 
+# No mmap for large allocations, never give heap memory back: every forward then reuses the same pages.
+MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=268435456"
 DEFAULT_MINILM = Path(__file__).resolve().parents[2] / "shared" / "models" / "all-MiniLM-L6-v2"
 
 
@@ -61,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true",
                         help="also record the CPU time share per operator class (dense and lowest density)")
+    parser.add_argument("--malloc-no-mmap", action="store_true",
+                        help=f"re-run under GLIBC_TUNABLES={MALLOC_TUNABLES}: glibc then serves the "
+                             "large activations from its heap and reuses them instead of mapping fresh, "
+                             "zero-filled pages for each one (what jemalloc/tcmalloc do for PyTorch)")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "inference_speed.json")
     args = parser.parse_args()
@@ -234,6 +241,9 @@ def bench_model(label: str, dense: nn.Module, args: argparse.Namespace, device: 
 
 def main() -> None:
     args = parse_args()
+    if args.malloc_no_mmap and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        # glibc reads its tunables at process start only, so start again with them set.
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES))
     if args.threads:
         torch.set_num_threads(args.threads)
     record = {
@@ -246,11 +256,13 @@ def main() -> None:
         "runs": args.runs, "warmup": args.warmup,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
         "versions": library_versions(),
         "results": [],
     }
-    print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(unset)'}")
     candidates = [("bert-base-shaped (random weights)", bert_base)]
     if args.minilm and Path(args.minilm).is_dir():
         candidates.append(("all-MiniLM-L6-v2", lambda: load_model(args.minilm)))
