@@ -111,7 +111,7 @@ def load_results(tag: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
 
 
-def summarize(tag: str) -> dict:
+def summarize(tag: str, write: bool = True) -> dict:
     results = load_results(tag)
     runs = list(results["runs"].values())
     by_variant: dict[str, dict[int, dict]] = {}
@@ -137,7 +137,8 @@ def summarize(tag: str) -> dict:
                         "best_diff_vs_plain_mean": statistics.mean(best_diffs)}
         rows[variant] = row
     results["summary"] = rows
-    results_path(tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if write:
+        results_path(tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     for variant, row in rows.items():
         line = (f"{variant:22s} n={row['n']}  acc {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}  "
                 f"best {row['best_mean']:.4f}  step {row['step_time_s_median']:.2f}s")
@@ -150,7 +151,7 @@ def summarize(tag: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tag", required=True, help="names this factorization's result file")
+    p.add_argument("--tag", help="names this factorization's result file (required unless --table)")
     p.add_argument("--teacher", default="/tmp/lpaf_study/teacher_sst2")
     p.add_argument("--task", default="sst2", help="sst2 or mrpc (the run's headline metric is recorded as "
                                                   "'accuracy': SST-2 accuracy, MRPC F1)")
@@ -170,7 +171,14 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--nice", type=int, default=0, help="run the retrain jobs at this niceness")
     p.add_argument("--summary", action="store_true", help="only summarize the results file")
+    p.add_argument("--table", action="store_true",
+                   help="print a markdown table of every results_*.json here (paired comparisons to plain)")
     args = p.parse_args()
+    if args.table:
+        print_table()
+        return
+    if args.tag is None:
+        p.error("--tag is required (unless --table)")
     if args.summary:
         summarize(args.tag)
         return
@@ -199,6 +207,33 @@ def main() -> None:
             results["runs"][key] = run_one(variant, seed, factorized, args)
             results_path(args.tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     summarize(args.tag)
+
+
+def print_table() -> None:
+    """One markdown row per (results file, variant) that has paired runs against plain re-training."""
+    print("| tag | task | density | variant | seeds | plain | variant | paired diff (points) | wins |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(HERE.glob("results_*.json")):
+        tag = path.stem.removeprefix("results_")
+        rows = summarize_quietly(tag)
+        setup = json.loads(path.read_text()).get("setup", {})
+        for variant, row in rows.items():
+            if "paired_n" not in row:
+                continue
+            plain = rows["plain-" + variant.rsplit("-", 1)[-1]]
+            print(f"| {tag} | {setup.get('task', 'sst2')} | {setup.get('density')} | {variant} | {row['paired_n']} "
+                  f"| {100 * plain['accuracy_mean']:.1f} ± {100 * plain['accuracy_std']:.1f} "
+                  f"| {100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} "
+                  f"| {100 * row['diff_vs_plain_mean']:+.1f} ± {100 * row['diff_vs_plain_std']:.1f} "
+                  f"| {row['wins_vs_plain']}/{row['paired_n']} |")
+
+
+def summarize_quietly(tag: str) -> dict:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return summarize(tag, write=False)
 
 
 def _record(directory: Path) -> dict:
