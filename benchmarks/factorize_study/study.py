@@ -84,11 +84,28 @@ def dense_error(out: Path, teacher_weights: dict) -> float:
     return sum(errors) / len(errors)
 
 
+def print_table(path: Path) -> None:
+    """Dev metric right after factorization and the mean reconstruction errors, one row per run."""
+    results = json.loads(path.read_text())
+    runs = {name: r for name, r in results.items() if "flags" in r}
+    metric_names = sorted({key for r in runs.values() for key in r["metrics"]})
+    print(f"| run | density | {' | '.join(metric_names)} | error | masked error | error vs dense |")
+    print("|---|---|" + "---|" * (len(metric_names) + 3))
+    for name, r in sorted(runs.items(), key=lambda item: (-item[1]["density"], item[0])):
+        masked = r["masked_relative_error"]
+        metrics = " | ".join(f"{r['metrics'][key]:.3f}" for key in metric_names)
+        print(f"| {name} | {r['density']} | {metrics} | {r['relative_error']:.3f} | "
+              f"{'–' if masked is None else f'{masked:.3f}'} | {r['dense_relative_error']:.3f} |")
+    references = {k: v for k, v in results.items() if "flags" not in v}
+    print("\nbefore factorization: " + "; ".join(
+        f"{k} " + ", ".join(f"{m} {v:.3f}" for m, v in r["metrics"].items()) for k, r in sorted(references.items())))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", required=True)
-    p.add_argument("--teacher", required=True, help="the dense fine-tuned model directory")
-    p.add_argument("--pruned", action="append", required=True, metavar="DENSITY=DIR",
+    p.add_argument("--teacher", help="the dense fine-tuned model directory (required unless --table)")
+    p.add_argument("--pruned", action="append", metavar="DENSITY=DIR",
                    help="a movement-pruned model directory at DENSITY (repeatable)")
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--work", default=None, help="where the factorized models go (default /tmp/lpaf_factorize_study/TASK)")
@@ -98,7 +115,13 @@ def main() -> None:
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run only these run names")
     p.add_argument("--results-tag", default="", help="write results_<task><tag>.json (other pruned models)")
+    p.add_argument("--table", action="store_true", help="only print results_<task><tag>.json as a markdown table")
     args = p.parse_args()
+    if args.table:
+        print_table(HERE / f"results_{args.task}{args.results_tag}.json")
+        return
+    if not args.teacher or not args.pruned:
+        p.error("--teacher and --pruned are required to run the study")
     args.work = args.work or f"/tmp/lpaf_factorize_study/{args.task}{args.results_tag}"
     Path(args.work).mkdir(parents=True, exist_ok=True)
 

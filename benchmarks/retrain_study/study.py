@@ -171,6 +171,9 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--nice", type=int, default=0, help="run the retrain jobs at this niceness")
     p.add_argument("--summary", action="store_true", help="only summarize the results file")
+    p.add_argument("--merge", metavar="OTHER_TAG",
+                   help="copy the runs of results_<OTHER_TAG>.json (same factorized model, other seeds, run "
+                        "in parallel) into results_<tag>.json, then summarize")
     p.add_argument("--table", action="store_true",
                    help="print a markdown table of every results_*.json here (paired comparisons to plain)")
     args = p.parse_args()
@@ -179,6 +182,10 @@ def main() -> None:
         return
     if args.tag is None:
         p.error("--tag is required (unless --table)")
+    if args.merge:
+        merge_runs(args.tag, args.merge)
+        summarize(args.tag)
+        return
     if args.summary:
         summarize(args.tag)
         return
@@ -209,12 +216,31 @@ def main() -> None:
     summarize(args.tag)
 
 
+def merge_runs(tag: str, other: str) -> None:
+    """Add the runs of another results file of the same factorized model (e.g. seeds run in a second
+    process, which must not write the same file) to this one."""
+    target, source = load_results(tag), load_results(other)
+    mine, theirs = target.get("setup", {}).get("factorized"), source.get("setup", {}).get("factorized")
+    if mine != theirs:
+        raise SystemExit(f"results_{other}.json re-trained {theirs}, results_{tag}.json {mine}: not the same model")
+    clash = [key for key in source["runs"] if key in target["runs"] and source["runs"][key] != target["runs"][key]]
+    if clash:
+        raise SystemExit(f"runs {clash} differ between results_{tag}.json and results_{other}.json")
+    target["runs"].update(source["runs"])
+    target.setdefault("merged_from", []).append(other)
+    results_path(tag).write_text(json.dumps(target, indent=2, sort_keys=True) + "\n")
+
+
 def print_table() -> None:
     """One markdown row per (results file, variant) that has paired runs against plain re-training."""
     print("| tag | task | density | variant | seeds | plain | variant | paired diff (points) | wins |")
     print("|---|---|---|---|---|---|---|---|---|")
+    merged = {other for path in HERE.glob("results_*.json")
+              for other in json.loads(path.read_text()).get("merged_from", [])}
     for path in sorted(HERE.glob("results_*.json")):
         tag = path.stem.removeprefix("results_")
+        if tag in merged:
+            continue
         rows = summarize_quietly(tag)
         setup = json.loads(path.read_text()).get("setup", {})
         for variant, row in rows.items():
