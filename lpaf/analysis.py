@@ -36,6 +36,39 @@ FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 @torch.no_grad()
+def magnitude_overlap(masks: dict[str, torch.Tensor], reference_weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Is a pruning mask learned, or magnitude in disguise? Overlap with the top-|W| mask.
+
+    For every matrix: the fraction of the mask's k kept entries that are also among the k largest
+    |W| of ``reference_weights`` (the weights pruning started from). 1.0 means the mask *is* the
+    magnitude mask; a random mask of density d scores about d. Returns the per-matrix values, their
+    mean over matrices, the kept-weighted ``overall`` value and the random-mask baseline.
+    """
+    from lpaf.pruning import topk_mask
+
+    missing = sorted(set(masks) - set(reference_weights))
+    if missing:
+        raise LpafError(f"magnitude overlap: no reference weight for {missing[0]} ({len(missing)} missing)")
+    per_matrix: dict[str, float] = {}
+    hits = kept_total = numel_total = 0
+    for name, mask in masks.items():
+        keep = mask.to(torch.bool)
+        weight = reference_weights[name]
+        if tuple(weight.shape) != tuple(keep.shape):
+            raise LpafError(f"magnitude overlap: {name} mask {tuple(keep.shape)} vs weight {tuple(weight.shape)}")
+        k = int(keep.sum())
+        top_abs = topk_mask(weight.detach().float().abs(), k)
+        both = int((keep & top_abs).sum())
+        per_matrix[name] = both / k if k else math.nan
+        hits, kept_total, numel_total = hits + both, kept_total + k, numel_total + keep.numel()
+    values = [v for v in per_matrix.values() if not math.isnan(v)]
+    return {"mean": sum(values) / len(values) if values else math.nan,
+            "overall": hits / kept_total if kept_total else math.nan,
+            "random_baseline": kept_total / numel_total if numel_total else math.nan,
+            "per_matrix": per_matrix}
+
+
+@torch.no_grad()
 def matrix_rank_stats(W: torch.Tensor) -> dict[str, Any]:
     """Rank, effective rank, zero structure and spectrum of one m x n matrix (float64 SVD).
 

@@ -194,3 +194,36 @@ def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Seque
                        len(missing), len(references), missing[0])
     n = len(references)
     return {"exact_match": 100.0 * exact_total / n, "f1": 100.0 * f1_total / n}
+
+
+# --------------------------------------------------------------------------------------------
+# Degenerate predictions: a score that is not a score
+# --------------------------------------------------------------------------------------------
+
+DEGENERATE_MAJORITY_FRACTION = 0.99  # classification / QA: one output for >= 99% of dev examples
+DEGENERATE_SPREAD_RATIO = 0.01  # regression: prediction std below 1% of the label std
+
+
+def prediction_spread(task: TaskSpec, preds: ArrayLike | Sequence[str], labels: ArrayLike | None = None
+                      ) -> dict[str, float | int | bool]:
+    """Does a model predict (nearly) one thing for every dev example?
+
+    A collapsed model still gets a number: the majority-class accuracy, MRPC's F1 of 0.81 for
+    "always paraphrase", MCC 0. Such a row is a failed run, not a score, and the table and the
+    claims must be able to tell. ``degenerate`` is True when the most frequent predicted class (or
+    QA answer text) covers at least 99% of the dev examples, or, for regression, when the
+    predictions' standard deviation is below 1% of the labels'.
+    """
+    if task.is_regression:
+        p = np.asarray(preds, dtype=float).reshape(-1)
+        spread = float(p.std()) if len(p) else 0.0
+        label_std = float(np.asarray(labels, dtype=float).std()) if labels is not None and len(labels) else 1.0
+        ratio = spread / label_std if label_std > 0 else 0.0
+        return {"n": int(len(p)), "prediction_std": spread, "label_std": label_std, "spread_ratio": ratio,
+                "degenerate": bool(len(p) == 0 or ratio < DEGENERATE_SPREAD_RATIO)}
+    values = [str(v) for v in (preds.tolist() if isinstance(preds, np.ndarray) else preds)]
+    counts = Counter(values)
+    top, top_count = counts.most_common(1)[0] if counts else ("", 0)
+    fraction = top_count / len(values) if values else 1.0
+    return {"n": len(values), "distinct": len(counts), "majority_prediction": top, "majority_fraction": fraction,
+            "degenerate": bool(fraction >= DEGENERATE_MAJORITY_FRACTION)}

@@ -35,7 +35,7 @@ from lpaf.errors import LpafError
 GROUP_KEYS = ["model", "task", "method", "label", "density"]
 RUN_ID_KEYS = ["model", "task", "method", "label", "density", "seed"]
 MEAN_ONLY = ["retained_percent", "retained_percent_stored", "params_total", "params_total_nonzero",
-             "params_encoder_linear_nonzero", "latency_ms", "dense_latency_ms"]
+             "params_encoder_linear_nonzero", "latency_ms", "dense_latency_ms", "magnitude_overlap"]
 FIGURE_DPI = 150
 
 
@@ -90,6 +90,10 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     record["params_total"] = _number(params.get("total"))
     record["params_total_nonzero"] = _number(params.get("total_nonzero", params.get("total")))
     record["params_encoder_linear_nonzero"] = _number(params.get("encoder_linear_nonzero"))
+    # learned or magnitude in disguise? (pruned rows and everything built on them; nan elsewhere)
+    record["magnitude_overlap"] = _number((blob.get("magnitude_overlap") or {}).get("mean"))
+    # a collapsed model (one class for every dev example) is a failed run, not a score
+    record["degenerate"] = bool((blob.get("predictions") or {}).get("degenerate", False))
     record["metric_keys"] = list(blob["metrics"])
     for key, value in blob["metrics"].items():
         record[f"dev_{key}"] = _number(value)
@@ -144,6 +148,7 @@ def aggregate(runs):
         row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
         row["dense"] = bool(g["dense"].iloc[0])
         row["n_seeds"] = int(g["seed"].nunique())
+        row["n_degenerate"] = int(g["degenerate"].sum())
         row["seeds"] = " ".join(str(s) for s in sorted(g["seed"].unique()))
         row["headline_metric"] = g["headline_metric"].iloc[0]
         for col in ["headline"] + [c for c in metric_cols if g[c].notna().any()]:
@@ -162,7 +167,8 @@ def aggregate(runs):
     table["_m"] = table["method"].map(method_order)
     table = table.sort_values(["model", "_t", "_m", "density"], ascending=[True, True, True, False])
     table = table.drop(columns=["_t", "_m"]).reset_index(drop=True)
-    lead = GROUP_KEYS + ["dense", "n_seeds", "seeds", "headline_metric", "headline_mean", "headline_std"]
+    lead = GROUP_KEYS + ["dense", "n_seeds", "n_degenerate", "seeds", "headline_metric", "headline_mean",
+                         "headline_std"]
     metric_out = [c for c in table.columns if c not in lead and (c.endswith("_mean") or c.endswith("_std"))
                   and not c.startswith("speedup")]
     tail = MEAN_ONLY + ["speedup_mean", "speedup_std", "speedup_measured", "chain"]
@@ -209,12 +215,13 @@ def markdown_table(table, runs) -> str:
     metric_keys = {t: _metric_order(t, g["metric_keys"].iloc[0]) for t, g in runs.groupby("task", sort=False)}
     for model, mt in table.groupby("model", sort=False):
         tasks = list(_order(mt["task"]))
-        header = ["method", "density", "% retained"] + [
+        header = ["method", "density", "% retained", "mag. overlap"] + [
             f"{t} ({'/'.join(metric_keys.get(t, []))})" for t in tasks] + ["speed-up"]
         lines += [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for (label, density), g in mt.groupby(["label", "density"], sort=False):
+            overlap = g["magnitude_overlap"].mean()
             cells = [str(label), "–" if g["dense"].iloc[0] else f"{density:g}",
-                     f"{g['retained_percent'].mean():.1f}"]
+                     f"{g['retained_percent'].mean():.1f}", "–" if math.isnan(overlap) else f"{overlap:.2f}"]
             for t in tasks:
                 row = g[g["task"] == t]
                 if row.empty:
@@ -222,8 +229,10 @@ def markdown_table(table, runs) -> str:
                     continue
                 row = row.iloc[0]
                 scale = _scale(t)
-                cells.append(" / ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std"), scale)
-                                        for k in metric_keys.get(t, [])))
+                text = " / ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std"), scale)
+                                  for k in metric_keys.get(t, []))
+                failed = int(row.get("n_degenerate", 0) or 0)
+                cells.append(f"{text} †{failed}" if failed else text)
             speed = g["speedup_mean"].mean()
             cells.append("–" if math.isnan(speed) else f"{speed:.2f}×")
             lines.append("| " + " | ".join(cells) + " |")
@@ -231,7 +240,10 @@ def markdown_table(table, runs) -> str:
         lines += ["", f"Mean ± sample std over {'/'.join(map(str, seeds))} seed(s); GLUE scores ×100, SQuAD EM/F1 "
                       f"in %. % retained: non-zero encoder linear weights (sparse) or stored factor weights "
                       f"(low-rank), relative to the dense encoder. Speed-up: dense latency / model latency "
-                      f"(batch 32 × 128 tokens).", ""]
+                      f"(batch 32 × 128 tokens). mag. overlap: fraction of the pruning mask that is also the "
+                      f"teacher's top-|W| mask (1 = magnitude; a random mask scores its density). †n: n seeds "
+                      f"predicted one class (or a constant) for ≥ 99% of dev examples — failed runs, not scores.",
+                  ""]
     return "\n".join(lines)
 
 

@@ -257,3 +257,29 @@ def test_trained_encoder_is_numerically_full_rank(tmp_path):
     assert summary["num_matrices"] == 36 and summary["density"] == 1.0
     assert summary["mean_rank_fraction"] > 0.99
     assert summary["mean_effective_rank_99"] < summary["mean_rank"]
+
+
+def test_magnitude_overlap_by_hand():
+    from lpaf.analysis import magnitude_overlap
+
+    W = torch.tensor([[4.0, -3.0], [0.5, 1.0]])  # top-2 |W|: the first row
+    same = {"m": torch.tensor([[True, True], [False, False]])}
+    half = {"m": torch.tensor([[True, False], [False, True]])}
+    none = {"m": torch.tensor([[False, False], [True, True]])}
+    assert magnitude_overlap(same, {"m": W})["mean"] == 1.0
+    assert magnitude_overlap(half, {"m": W})["mean"] == 0.5
+    r = magnitude_overlap(none, {"m": W})
+    assert r["mean"] == 0.0 and r["random_baseline"] == 0.5 and r["per_matrix"] == {"m": 0.0}
+    # overall is kept-weighted, mean is per matrix
+    two = magnitude_overlap({"a": same["m"], "b": torch.tensor([[False, False], [False, True]])},
+                            {"a": W, "b": W})
+    assert two["mean"] == pytest.approx(0.5) and two["overall"] == pytest.approx(2 / 3)
+
+
+def test_magnitude_overlap_rejects_other_models():
+    from lpaf.analysis import magnitude_overlap
+
+    with pytest.raises(LpafError, match="no reference weight"):
+        magnitude_overlap({"x": torch.ones(2, 2, dtype=torch.bool)}, {"y": torch.ones(2, 2)})
+    with pytest.raises(LpafError, match="mask"):
+        magnitude_overlap({"x": torch.ones(2, 2, dtype=torch.bool)}, {"x": torch.ones(3, 2)})

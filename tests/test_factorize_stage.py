@@ -68,6 +68,14 @@ def test_factorize_every_method(assets, source, method, extra):
     assert m["params"]["encoder_linear"] == sum(r["stored_weights"] for r in per_matrix.values())
     assert m["params"]["encoder_linear"] <= 0.25 * m["params"]["encoder_linear_dense"]
     assert m["retained_percent"] <= 25.0 and set(m["metrics"]) == {"accuracy"}
+    # the chain's diagnostics: prediction spread of this model, magnitude overlap of its pruned source
+    spread = m["predictions"]
+    assert isinstance(spread["degenerate"], bool) and "majority_fraction" in spread["splits"]["validation"]
+    pruned_overlap = json.loads((assets["pruned"] / "metrics.json").read_text())["magnitude_overlap"]
+    if source == "pruned":
+        assert m["magnitude_overlap"] == {k: v for k, v in pruned_overlap.items() if k != "per_matrix"}
+    else:
+        assert "magnitude_overlap" not in m
     if method == "sparsity-aware":
         for r in per_matrix.values():
             assert r["weighted_relative_error"] is not None and r["iterations"] >= 1

@@ -173,3 +173,21 @@ def test_squad_dev_gold_scores_100():
     assert result == {"exact_match": 100.0, "f1": 100.0}
     wrong = metrics.squad_metrics({qid: "" for qid in refs}, refs)
     assert wrong["f1"] == 0.0  # an empty answer never overlaps (v1.1)
+
+
+def test_prediction_spread_flags_collapsed_models():
+    from lpaf.metrics import prediction_spread
+    from lpaf.tasks import get_task
+
+    mrpc, stsb, squad = get_task("mrpc"), get_task("stsb"), get_task("squad")
+    constant = prediction_spread(mrpc, np.ones(408, dtype=int))
+    assert constant["degenerate"] and constant["majority_fraction"] == 1.0 and constant["distinct"] == 1
+    near = prediction_spread(mrpc, np.r_[np.ones(405, dtype=int), np.zeros(3, dtype=int)])  # 99.3% one class
+    assert near["degenerate"]
+    mixed = prediction_spread(mrpc, np.r_[np.ones(300, dtype=int), np.zeros(108, dtype=int)])
+    assert not mixed["degenerate"] and mixed["majority_fraction"] == pytest.approx(300 / 408)
+    labels = np.linspace(0, 5, 100)
+    assert prediction_spread(stsb, np.full(100, 2.5) + 1e-4 * labels, labels)["degenerate"]
+    assert not prediction_spread(stsb, labels * 0.5, labels)["degenerate"]
+    assert prediction_spread(squad, ["the"] * 100)["degenerate"]
+    assert not prediction_spread(squad, [f"answer {i % 7}" for i in range(100)])["degenerate"]

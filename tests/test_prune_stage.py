@@ -58,6 +58,11 @@ def test_prune_artifact_reloads_with_exact_zeros(tmp_path, glue_dir, method):
     assert history[-1][0] <= m["train"]["train_steps"] and all(math.isfinite(loss) for _, loss in history)
     assert m["pruning_step_time"]["mask_updates"] > 0
     assert not (tmp_path / ".pruned.checkpoints").exists()
+    # the learned-or-magnitude diagnostic: overlap with the teacher's top-|W| mask, per matrix and mean
+    overlap = m["magnitude_overlap"]
+    assert set(overlap["per_matrix"]) == set(m["achieved_density"]["per_matrix"])
+    assert overlap["random_baseline"] == pytest.approx(0.25)
+    assert overlap["mean"] == pytest.approx(sum(overlap["per_matrix"].values()) / 12)
 
     masks = load_file(str(out / "masks.safetensors"))
     scores = load_file(str(out / "scores.safetensors"))

@@ -183,3 +183,25 @@ def test_cli_draws_one_figure(runs_dir, capsys):
     assert main(["figure", "metric", "--table", str(tmp / "table.csv"), "--task", "cola",
                  "--out", str(tmp / "two.png")]) == 2
     assert "no rows for task 'cola'" in capsys.readouterr().err
+
+
+def test_magnitude_overlap_and_degenerate_runs_reach_the_table(runs_dir, tmp_path):
+    """A pruned chain's magnitude overlap is a column; a seed that predicted one class is counted and
+    flagged in the markdown table (†n), so claims can treat it as a failed run."""
+    _, rows = runs_dir
+    svd_rows = [r for r in rows if r["task"] == "mrpc" and r["method"] == "svd"]
+    for i, row in enumerate(svd_rows):
+        blob = json.loads(Path(row["metrics"]).read_text())
+        blob["magnitude_overlap"] = {"mean": 0.5 + 0.1 * i, "overall": 0.5, "random_baseline": 0.25}
+        blob["predictions"] = {"degenerate": i == 0, "splits": {}}
+        Path(row["metrics"]).write_text(json.dumps(blob))
+    runs = load_runs(rows)
+    table = aggregate(runs)
+    svd = table[(table["task"] == "mrpc") & (table["method"] == "svd")].iloc[0]
+    dense = table[(table["task"] == "mrpc") & (table["method"] == "dense")].iloc[0]
+    assert svd["magnitude_overlap"] == pytest.approx(0.6) and math.isnan(dense["magnitude_overlap"])
+    assert svd["n_degenerate"] == 1 and dense["n_degenerate"] == 0
+    md = markdown_table(table, runs)
+    svd_line = next(line for line in md.splitlines() if line.startswith("| svd |"))
+    assert "0.60" in svd_line and "†1" in svd_line
+    assert "†" not in next(line for line in md.splitlines() if line.startswith("| dense |"))

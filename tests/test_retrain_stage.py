@@ -122,6 +122,7 @@ def test_mixed_rank_metrics_record(assets, mixed_run):
     phases = m["train"]["step_time_by_phase"]
     assert phases["anneal_steps_timed"] == 3 and phases["after_anneal_steps_timed"] == 4
     assert m["wall_time_s"] > 0 and m["modules_detached"] == 12
+    assert isinstance(m["predictions"]["degenerate"], bool)
 
 
 def test_saved_model_reloads_to_the_evaluated_metrics(assets, mixed_run, tmp_path):

@@ -235,12 +235,23 @@ def predict(model: nn.Module, features, collator, batch_size: int, device: str) 
 
 def evaluate_model(model: nn.Module, data: TaskData, batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
     """Dev metrics with the official definitions; keys as in ``TaskSpec.metric_keys()``."""
+    return evaluate_with_predictions(model, data, batch_size, device)[0]
+
+
+def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int = 64, device: str = "cpu"
+                              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Dev metrics and the prediction spread per dev split (``degenerate``: one output for all).
+
+    The final evaluation of every stage records the spread in metrics.json, so a collapsed model
+    (a constant predictor scoring the majority-class metric) shows as a failed run in the table.
+    """
     from lpaf.data import postprocess_qa
-    from lpaf.metrics import compute_metrics, squad_metrics
+    from lpaf.metrics import compute_metrics, normalize_answer, prediction_spread, squad_metrics
 
     task = data.task
     was_training = model.training
     result: dict[str, float] = {}
+    spread: dict[str, Any] = {}
     for split, feats in data.eval.items():
         out = predict(model, feats, data.collator, batch_size, device)
         if task.is_qa:
@@ -248,15 +259,38 @@ def evaluate_model(model: nn.Module, data: TaskData, batch_size: int = 64, devic
             preds = postprocess_qa(examples, feats, out["start_logits"], out["end_logits"])
             refs = {i: a["text"] for i, a in zip(examples["id"], examples["answers"])}
             metrics = squad_metrics(preds, refs)
+            spread[split] = prediction_spread(task, [normalize_answer(a) for a in preds.values()])
         else:
             labels = np.asarray(feats["labels"])
             logits = out["logits"]
             preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
             metrics = compute_metrics(task, preds, labels)
+            spread[split] = prediction_spread(task, preds, labels)
         prefix = f"{split}_" if len(task.dev_splits) > 1 else ""
         result |= {f"{prefix}{k}": float(v) for k, v in metrics.items()}
     model.train(was_training)
-    return result
+    predictions = {"degenerate": any(s["degenerate"] for s in spread.values()), "splits": spread}
+    return result, predictions
+
+
+def pruning_diagnostics_of(source_dir: str | Path) -> dict[str, Any]:
+    """The pruning diagnostics of a stage's source artifact, carried down the chain.
+
+    A factorized or re-trained model of a prune chain inherits its pruned ancestor's
+    ``magnitude_overlap`` summary (without the per-matrix values), so every table row of the chain
+    shows whether its mask was learned or is magnitude in disguise.
+    """
+    path = Path(source_dir) / METRICS_FILE
+    try:
+        import json
+
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    overlap = record.get("magnitude_overlap") if isinstance(record, dict) else None
+    if not isinstance(overlap, dict):
+        return {}
+    return {"magnitude_overlap": {k: v for k, v in overlap.items() if k != "per_matrix"}}
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpaf.artifacts import run_record, write_json
-from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, evaluate_model, load_model, load_task_data,
+from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, evaluate_with_predictions, load_model, load_task_data,
                                 load_tokenizer, now, seed_everything)
 from lpaf.training import resolve_device
 
@@ -31,7 +31,7 @@ def run(args: EvaluateArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     data = load_task_data(data_args, tokenizer, with_train=False)
     device = resolve_device(run_args.device)
     t0 = now()
-    metrics = evaluate_model(model, data, args.batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, args.batch_size, device)
     params = count_parameters(model)
     record = {
         "stage": "evaluate", "task": task.name, "model": args.model, "split": list(task.dev_splits),
@@ -39,7 +39,7 @@ def run(args: EvaluateArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
         "params": params, "retained_percent": retained_percent(params),
         "retained_percent_nonzero": retained_percent(params, "encoder_linear_nonzero"),
         "n_eval_examples": {s: len(e) for s, e in data.eval_examples.items()}, "data_source": data.source,
-        "wall_time_s": now() - t0, "seed": run_args.seed,
+        "wall_time_s": now() - t0, "seed": run_args.seed, "predictions": predictions,
         **run_record(asdict_all(args, data_args, run_args)),
     }
     if args.latency_batches > 0:

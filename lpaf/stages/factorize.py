@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from lpaf.errors import LpafError
-from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, evaluate_model, load_model,
-                                load_task_data, load_tokenizer, now, prepare_output, seed_everything, stage_metrics,
-                                write_json, METRICS_FILE)
+from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, evaluate_with_predictions,
+                                load_model, load_task_data, load_tokenizer, now, prepare_output,
+                                pruning_diagnostics_of, seed_everything, stage_metrics, write_json, METRICS_FILE)
 from lpaf.training import resolve_device
 
 MASKS_FILE = "masks.safetensors"
@@ -164,7 +164,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
                                  device=device, seed=run_args.seed)
     solver_wall_time_s = time.perf_counter() - solve_t0
     model = swap_encoder_linears(model.cpu(), {n: (r.A, r.B) for n, r in results.items()})
-    metrics = evaluate_model(model, data, args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, args.eval_batch_size, device)
     per_matrix = {n: r.log_record() for n, r in results.items()}
     if masks is not None:  # the error on the weights pruning kept (what sparsity-aware SVD fits)
         for n, r in results.items():
@@ -175,6 +175,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
         budget={k: v for k, v in allocation.to_dict().items() if k != "ranks"},
         factorization={"per_matrix": per_matrix, "summary": _summary(per_matrix)},
         source_model=str(src), source_is_pruned=masks is not None or (src / MASKS_FILE).is_file(),
+        predictions=predictions, **pruning_diagnostics_of(src),
     )
     from safetensors.torch import save_file
 

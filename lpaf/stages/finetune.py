@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
-                                load_model, load_task_data, load_tokenizer, now, prepare_output, save_model_dir,
-                                seed_everything, stage_metrics, write_json, METRICS_FILE)
+                                evaluate_with_predictions, load_model, load_task_data, load_tokenizer, now,
+                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_json,
+                                METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 
@@ -31,9 +32,10 @@ def run(args: FinetuneArgs, data_args: DataArgs, run_args: RunArgs, train_args: 
                         seed=run_args.seed, device=run_args.device, precision=run_args.precision,
                         evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
                         eval_every_steps=args.eval_every_steps)
-    metrics = evaluate_model(model, data, train_args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device)
     record = stage_metrics("finetune", task, metrics, model, asdict_all(args, data_args, run_args, train_args),
-                           now() - t0, data, method="dense", density=1.0, train=stats)
+                           now() - t0, data, method="dense", density=1.0, train=stats,
+                           predictions=predictions)
     with atomic_output_dir(out) as tmp:
         save_model_dir(tmp, model.cpu(), tokenizer)
         write_json(tmp / METRICS_FILE, record)  # last: the completion record

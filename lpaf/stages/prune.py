@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpaf.analysis import magnitude_overlap
 from lpaf.artifacts import read_json
 from lpaf.errors import LpafError
 from lpaf.pruning import PruneMethod, Pruner, PruneScope, PruningCallback, ScoreInit, check_settings
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
-                                load_model, load_task_data, load_tokenizer, now, prepare_output, save_model_dir,
-                                seed_everything, stage_metrics, write_json, METRICS_FILE)
+                                evaluate_with_predictions, load_model, load_task_data, load_tokenizer, now,
+                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_json,
+                                METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 MASKS_FILE = "masks.safetensors"
@@ -76,6 +78,7 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, task, expect="dense")
     teacher = _setup_teacher(model, train_args)  # a copy taken before the masks go on
+    start_weights = _encoder_weights(model)  # for the learned-or-magnitude diagnostic
     pruner = args.make_pruner()
     pruner.prepare(model)
     data = load_task_data(data_args, tokenizer)
@@ -88,12 +91,15 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
                         evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
                         eval_every_steps=args.eval_every_steps)
     masks, scores, density = pruner.masks(), pruner.scores(), pruner.density_report()
+    overlap = magnitude_overlap(masks, start_weights)
+    del start_weights
     pruning_times = pruner.step_time_summary()
     pruner.squash()
-    metrics = evaluate_model(model, data, train_args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device)
     record = stage_metrics("prune", task, metrics, model, asdict_all(args, data_args, run_args, train_args),
                            now() - t0, data, method=args.method, density=args.density, achieved_density=density,
-                           teacher=_teacher_summary(args.model), pruning_step_time=pruning_times, train=stats)
+                           teacher=_teacher_summary(args.model), pruning_step_time=pruning_times, train=stats,
+                           magnitude_overlap=overlap, predictions=predictions)
     with atomic_output_dir(out) as tmp:
         save_model_dir(tmp, model.cpu(), tokenizer)
         _save_tensors(tmp / MASKS_FILE, masks, args)
@@ -101,6 +107,13 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
         write_json(tmp / METRICS_FILE, record)  # last: the completion record
     _cleanup_checkpoints(out)
     return record
+
+
+def _encoder_weights(model) -> dict:
+    """CPU copies of the encoder linear weights pruning starts from (the teacher's)."""
+    from lpaf.modules import find_encoder_linears
+
+    return {n: m.weight.detach().to("cpu", copy=True) for n, m in find_encoder_linears(model).items()}
 
 
 def _setup_train_args(args: PruneArgs, train_args: TrainArgs) -> TrainArgs:

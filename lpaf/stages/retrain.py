@@ -20,7 +20,7 @@ from lpaf.artifacts import read_json, require_complete
 from lpaf.errors import LpafError
 from lpaf.mixed_rank import SOURCE_WEIGHTS_FILE, AnnealSchedule
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
-                                is_lowrank_dir, load_model, load_task_data, load_tokenizer, now, prepare_output,
+                                evaluate_with_predictions, pruning_diagnostics_of, is_lowrank_dir, load_model, load_task_data, load_tokenizer, now, prepare_output,
                                 seed_everything, stage_metrics, write_json, METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
@@ -174,7 +174,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
                         evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
                         eval_every_steps=args.eval_every_steps)
     detached = detach(model)
-    metrics = evaluate_model(model, data, train_args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device)
     stats["step_time_by_phase"] = timer.summary()
     _add_final_eval(stats, metrics, task.headline_key)
     extra: dict[str, Any] = {
@@ -187,6 +187,8 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         "modules_detached": detached,
         "teacher": args.teacher if teacher is not None else None,
         "train": stats,
+        "predictions": predictions,
+        **pruning_diagnostics_of(args.model),
     }
     record = stage_metrics("retrain", task, metrics, model, asdict_all(args, data_args, run_args, train_args),
                            now() - t0, data, **extra)
