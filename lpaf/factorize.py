@@ -38,7 +38,9 @@ from lpaf.errors import LpafError
 
 Factorizer = Callable[[Tensor, "Tensor | None", int], tuple[Tensor, Tensor]]
 RankRule = Literal["budget", "nnz"]
-Method = Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd"]
+Method = Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd", "fisher-sparsity-aware"]
+FisherAxis = Literal["out", "in"]
+FISHER_AXES: tuple[str, ...] = ("out", "in")
 Solver = Literal["fast", "exact"]
 Acceleration = Literal["nesterov", "none"]
 
@@ -275,13 +277,22 @@ def fisher_row_importance(fisher: Tensor, m: int) -> Tensor:
     return importance.sum(dim=1) if importance.dim() == 2 else importance
 
 
-def fwsvd(weight: Tensor, weights: Tensor | None, rank: int, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+def fwsvd(weight: Tensor, weights: Tensor | None, rank: int, eps: float = 1e-6,
+          axis: FisherAxis = "out") -> tuple[Tensor, Tensor]:
     """Fisher-weighted SVD (Hsu et al. 2022): D = diag(√(I + ε)), SVD(D W), A = D⁻¹U_r S_r, B = V_rᵀ.
 
-    ``weights`` is the per-row Fisher importance I (length m) or the squared-gradient matrix it is
-    summed from; None means uniform (then fwsvd equals svd). ε is relative to max(I), so the result
-    does not depend on the loss scale.
+    ``weights`` is the Fisher importance I, one value per output row of the (out x in) weight
+    (``axis="out"``, length m) or per input neuron (``axis="in"``, length n: the public
+    re-implementation's reading, which transposes first), or the squared-gradient matrix it is summed
+    from; None means uniform (then fwsvd equals svd). ε is relative to max(I), so the result does not
+    depend on the loss scale.
     """
+    if axis not in FISHER_AXES:
+        raise LpafError(f"fisher axis must be one of {', '.join(FISHER_AXES)}, got {axis!r}")
+    if axis == "in":  # weight the input neurons: FWSVD of Wᵀ, factors transposed back
+        At, Bt = fwsvd(weight.T, None if weights is None else (weights.T if weights.dim() == 2 else weights),
+                       rank, eps, "out")
+        return Bt.T.contiguous(), At.T.contiguous()
     m = weight.shape[0]
     if weights is None:
         importance = torch.ones(m, dtype=COMPUTE_DTYPE)
@@ -347,15 +358,42 @@ def omega_from_mask(mask: Tensor, pruned_weight: float) -> Tensor:
     return torch.where(keep, torch.ones((), dtype=COMPUTE_DTYPE), torch.full((), lam, dtype=COMPUTE_DTYPE))
 
 
+def omega_from_fisher(mask: Tensor, fisher: Tensor, pruned_weight: float, axis: FisherAxis = "out") -> Tensor:
+    """Ω = √(I / max I) ⊗ (M + λ(1 − M)): FWSVD's Fisher weighting times the sparsity-aware mask weight.
+
+    ``fisher`` is the per-row (axis "out", length m) or per-input-neuron (axis "in", length n)
+    Fisher importance. With λ = 1 the objective ‖Ω⊙(W_s − X)‖² is FWSVD's Σ I·(W_s − X)² of the
+    pruned matrix (scaled by 1/max I); with λ < 1 pruned entries count λ² as much. Not in the
+    paper: the `lpaf + fisher` row of this project.
+    """
+    if axis not in FISHER_AXES:
+        raise LpafError(f"fisher axis must be one of {', '.join(FISHER_AXES)}, got {axis!r}")
+    m, n = mask.shape
+    length = m if axis == "out" else n
+    importance = fisher_row_importance(fisher.T if (axis == "in" and fisher.dim() == 2) else fisher, length)
+    if not torch.isfinite(importance).all() or importance.min() < 0 or importance.max() <= 0:
+        raise LpafError("Fisher importance must be finite, non-negative and not all zero")
+    scale = (importance / importance.max()).sqrt()
+    line = scale.unsqueeze(1) if axis == "out" else scale.unsqueeze(0)
+    return line * omega_from_mask(mask, pruned_weight)
+
+
 def omega_from_importance(mask: Tensor, scores: Tensor, pruned_weight: float,
                           min_kept_weight: float = 0.1) -> Tensor:
-    """Ω with kept entries weighted by normalized first-order importance in [min_kept_weight, 1]
-    (the most important kept entry gets 1) and pruned entries weighted λ."""
+    """Ω with kept entries weighted by their first-order importance, pruned entries weighted λ.
+
+    Kept entries get Ω = λ + (1 − λ)·u, where u in [min_kept_weight, 1] is the min-max normalized
+    importance (the most important kept entry gets 1). So every kept entry weighs at least as much
+    as every pruned entry for any λ, λ = 1 is plain SVD (all ones) as with mask weights, and λ = 0
+    gives the kept entries their normalized importance. (The earlier mapping, kept = u, gave 97-100%
+    of kept entries less weight than the pruned ones at λ = 0.5, inverting the emphasis.)
+    """
     lam = _check_pruned_weight(pruned_weight)
     if tuple(mask.shape) != tuple(scores.shape):
         raise LpafError(f"mask {tuple(mask.shape)} and importance scores {tuple(scores.shape)} differ in shape")
     keep = mask.detach().to(torch.bool)
-    kept = normalize_importance(scores, keep, min_kept_weight)
+    unit = normalize_importance(scores, keep, min_kept_weight)
+    kept = lam + (1.0 - lam) * unit
     return torch.where(keep, kept, torch.full((), lam, dtype=COMPUTE_DTYPE))
 
 
@@ -689,13 +727,16 @@ FACTORIZERS: dict[str, Factorizer] = {
     "fwsvd": fwsvd,
     "sparsity-aware": sparsity_aware_svd,
     "importance-row-svd": importance_row_svd,
+    "fisher-sparsity-aware": sparsity_aware_svd,  # Ω = Fisher line weight x mask weight (omega_from_fisher)
 }
+EM_METHODS = frozenset({"sparsity-aware", "fisher-sparsity-aware"})
 # What ``method_weights`` holds per method (None: the method takes none); used in error messages.
 METHOD_WEIGHTS: dict[str, str | None] = {
     "svd": None,
-    "fwsvd": "Fisher row importance (length m) or squared gradients (m x n)",
+    "fwsvd": "Fisher importance (length m, or n with fisher_axis 'in') or squared gradients (m x n)",
     "sparsity-aware": "entry weights Ω (m x n, in [0, 1])",
     "importance-row-svd": "first-order importance scores (m x n)",
+    "fisher-sparsity-aware": "entry weights Ω (m x n, in [0, 1]; omega_from_fisher)",
 }
 
 
@@ -728,10 +769,12 @@ class MatrixFactorization:
 
 
 def _check_named_inputs(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
-                        method_weights: Mapping[str, Tensor] | None, method: str) -> None:
+                        method_weights: Mapping[str, Tensor] | None, method: str, fisher_axis: str = "out") -> None:
     """Collect every naming and shape problem and report them in one error."""
     if method not in FACTORIZERS:
         raise LpafError(f"method must be one of {', '.join(FACTORIZERS)}, got {method!r}")
+    if fisher_axis not in FISHER_AXES:
+        raise LpafError(f"fisher axis must be one of {', '.join(FISHER_AXES)}, got {fisher_axis!r}")
     problems = []
     missing_rank = sorted(set(weights) - set(ranks))
     if missing_rank:
@@ -750,7 +793,7 @@ def _check_named_inputs(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
             if extra is None:
                 continue
             shape_ok = tuple(extra.shape) == tuple(w.shape) or (
-                method == "fwsvd" and tuple(extra.shape) == (w.shape[0],))
+                method == "fwsvd" and tuple(extra.shape) == (w.shape[0 if fisher_axis == "out" else 1],))
             if not shape_ok:
                 problems.append(f"{method} weights for {name} have shape {tuple(extra.shape)}, expected "
                                 f"{expected} for a weight of shape {tuple(w.shape)}")
@@ -802,6 +845,7 @@ def factorize_matrices(
     device: torch.device | str | None = None,
     max_batch_bytes: int = 256 << 20,
     seed: int = 0,
+    fisher_axis: FisherAxis = "out",
 ) -> dict[str, MatrixFactorization]:
     """Factorize named matrices (e.g. every encoder linear) and compute their log records.
 
@@ -809,11 +853,12 @@ def factorize_matrices(
     (sparsity-aware: W is then the pruned matrix W_s), importance scores (importance-row-svd); None
     for svd. Sparsity-aware SVD uses ``solver`` ("fast": matrices of one shape and rank batched,
     at most ``max_batch_bytes`` per [b, m, n] tensor — peak memory about eight times that — on
-    ``device``; "exact": full-SVD EM).
+    ``device``; "exact": full-SVD EM); so does fisher-sparsity-aware, whose Ω the caller builds with
+    :func:`omega_from_fisher`. ``fisher_axis``: which side of W the fwsvd importance weights.
     Factors come back on the CPU in float32, in the order of ``weights``.
     """
-    _check_named_inputs(weights, ranks, method_weights, method)
-    if method == "sparsity-aware":
+    _check_named_inputs(weights, ranks, method_weights, method, fisher_axis)
+    if method in EM_METHODS:
         _check_em_options(max_iters, tol)
         solved = _solve_sparsity_aware(weights, ranks, method_weights, solver, max_iters, tol, acceleration,
                                        device, max_batch_bytes, seed)
@@ -827,6 +872,9 @@ def factorize_matrices(
                 res.iterations[0], res.converged[0], res.objectives[0])
         return out
     factorizer = FACTORIZERS[method]
+    if method == "fwsvd":
+        def factorizer(w, extra, rank):  # noqa: E306 - the axis is a setting of the whole run
+            return fwsvd(w, extra, rank, axis=fisher_axis)
     out = {}
     for name, w in weights.items():
         extra = None if method_weights is None else method_weights[name]

@@ -223,14 +223,21 @@ class Pruner:
             the head stay fixed), so the mask starts from the teacher's first-order signal.
         soft_l1: final weight λ of soft movement's mean sigmoid(S) penalty.
         platon_betas: PLATON's EMA factors for the sensitivity and its uncertainty.
+        mask_update_every: ΔT, the masks are recomputed every ΔT steps of the schedule (and at the
+            step they freeze); 1 = every step (this project's default), 10 = PLATON's reference.
+        zero_pruned_weights: at every mask update, set the pruned entries of the weights themselves
+            to 0 (PLATON's reference ``masked_fill_``): a pruned weight loses its value, its
+            sensitivity |W ⊙ ∇W| becomes 0 and it does not come back. Default off: pruned weights
+            keep their values behind the mask and can return while the schedule runs.
     """
 
     def __init__(self, method: str, density: float, *, scope: str = "local", initial_warmup: float = 0.1,
                  final_warmup: float = 0.2, scores_lr: float = 1e-2, score_init: str = "magnitude",
                  score_init_scale: float = 1.0, scores_only_warmup: bool = False, soft_l1: float = 10.0,
-                 platon_betas: tuple[float, float] = (0.85, 0.95)):
+                 platon_betas: tuple[float, float] = (0.85, 0.95), mask_update_every: int = 1,
+                 zero_pruned_weights: bool = False):
         problems = check_settings(method, density, scope, initial_warmup, final_warmup, scores_lr, score_init,
-                                  score_init_scale, soft_l1, platon_betas)
+                                  score_init_scale, soft_l1, platon_betas, mask_update_every)
         if problems:
             raise LpafError("; ".join(problems))
         self.method = method
@@ -244,6 +251,8 @@ class Pruner:
         self.scores_only_warmup = scores_only_warmup
         self.soft_l1 = soft_l1
         self.platon_betas = platon_betas
+        self.mask_update_every = mask_update_every
+        self.zero_pruned_weights = zero_pruned_weights
         self.modules: dict[str, nn.Module] = {}  # name -> parametrized linear
         self.schedule: CubicSchedule | None = None
         self.last_step = 0
@@ -319,11 +328,18 @@ class Pruner:
             self._update_platon(pms)
         if self.frozen:
             return
+        freezing = self.schedule.frozen(step)
+        since_start = step - self.schedule.initial_warmup_steps
+        if not freezing and since_start > 0 and (since_start - 1) % self.mask_update_every != 0:
+            return  # between two mask updates (ΔT > 1): the masks and the density stay as they are
         density = self.schedule.density(step)
         if density < 1.0 or self.current_density < 1.0:
             self._set_masks(pms, density)
+            if self.zero_pruned_weights:
+                for name, pm in pms.items():
+                    self.modules[name].parametrizations.weight.original.mul_(pm.keep_mask)
         self.current_density = density
-        if self.schedule.frozen(step):
+        if freezing:
             self.freeze()
         self.step_times_s.append(time.perf_counter() - t0)
 
@@ -378,6 +394,7 @@ class Pruner:
     def state_dict(self) -> dict[str, Any]:
         """The schedule position and settings; tensors live in the model's checkpoint."""
         return {"method": self.method, "density": self.density, "scope": self.scope, "last_step": self.last_step,
+                "mask_update_every": self.mask_update_every, "zero_pruned_weights": self.zero_pruned_weights,
                 "frozen": self.frozen, "current_density": self.current_density,
                 "total_steps": self.schedule.total_steps if self.schedule else None}
 
@@ -436,7 +453,7 @@ class Pruner:
 
 def check_settings(method: str, density: float, scope: str, initial_warmup: float, final_warmup: float,
                    scores_lr: float, score_init: str, score_init_scale: float, soft_l1: float,
-                   platon_betas: Iterable[float]) -> list[str]:
+                   platon_betas: Iterable[float], mask_update_every: int = 1) -> list[str]:
     """Every problem with the pruning settings, named by flag (reported together, before loading)."""
     problems = []
     if method not in METHODS:
@@ -460,6 +477,8 @@ def check_settings(method: str, density: float, scope: str, initial_warmup: floa
         problems.append(f"--soft-l1 must be >= 0 (got {soft_l1})")
     if not all(0.0 <= b < 1.0 for b in platon_betas):
         problems.append(f"--platon-beta1/--platon-beta2 must be in [0, 1) (got {tuple(platon_betas)})")
+    if isinstance(mask_update_every, bool) or not isinstance(mask_update_every, int) or mask_update_every < 1:
+        problems.append(f"--mask-update-every must be an integer >= 1 (got {mask_update_every})")
     return problems
 
 

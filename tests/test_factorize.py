@@ -200,7 +200,8 @@ def test_omega_from_importance():
     mask = torch.tensor([[True, True], [False, True]])
     scores = torch.tensor([[2.0, 0.0], [9.0, 1.0]])
     omega = omega_from_importance(mask, scores, 0.05)
-    torch.testing.assert_close(omega, torch.tensor([[1.0, 0.1], [0.05, 0.55]]))
+    # kept: λ + (1 − λ)·u with u = [1, 0.1, 0.55] (min-max over kept, floored at 0.1); pruned: λ
+    torch.testing.assert_close(omega, torch.tensor([[1.0, 0.05 + 0.95 * 0.1], [0.05, 0.05 + 0.95 * 0.55]]))
     with pytest.raises(LpafError, match="differ in shape"):
         omega_from_importance(mask, torch.ones(3, 2), 0.0)
     # equal scores: every kept entry weighs 1
@@ -218,6 +219,20 @@ def test_exact_em_objective_never_increases(pruned_weight):
     assert len(trace) == 31 and non_increasing(trace, rel=1e-12)
     assert trace[-1] < trace[0]
     assert math.isclose(objective(W_s[0], res.A, res.B, omega), trace[-1], rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.01, 0.3, 0.5, 0.9, 1.0])
+def test_importance_weights_keep_their_emphasis_for_any_lambda(lam):
+    """Every kept entry weighs at least as much as every pruned entry, even when the scores are
+    movement scores with a long tail (most kept entries near the minimum); λ = 1 is plain SVD."""
+    g = gen(11)
+    mask = torch.rand(30, 20, generator=g) < 0.25
+    scores = torch.randn(30, 20, generator=g).exp() ** 3  # heavy tail: most normalized scores ~0
+    omega = omega_from_importance(mask, scores, lam)
+    assert omega[mask].min() >= omega[~mask].max()
+    assert omega.max() == 1.0 and omega[~mask].eq(lam).all()
+    if lam == 1.0:
+        assert omega.eq(1.0).all()
 
 
 def test_exact_em_importance_weights_never_increase():
@@ -384,3 +399,64 @@ def test_factorize_matrices_reports_all_problems():
         factorize_matrices(weights, {"a": 2, "b": 2}, "svd", {"a": torch.ones(6, 4), "b": torch.ones(6, 4)})
     with pytest.raises(LpafError, match="method must be one of"):
         factorize_matrices(weights, {"a": 2, "b": 2}, "pca")
+
+
+# --- FWSVD's Fisher axis and the Fisher-weighted sparsity-aware SVD (issue 14) ----------------
+
+def test_fwsvd_input_axis_weights_columns():
+    """axis "in" weights input neurons: a column with a huge weight is reproduced almost exactly at
+    rank 1, which weighting output rows cannot promise; it is FWSVD of Wᵀ transposed back."""
+    from lpaf.factorize import fwsvd
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(8, 6, generator=g)
+    col = torch.ones(6)
+    col[4] = 1e6
+    A, B = fwsvd(W, col, 1, axis="in")
+    assert A.shape == (8, 1) and B.shape == (1, 6)
+    assert torch.allclose((A @ B)[:, 4], W[:, 4], atol=1e-3)
+    At, Bt = fwsvd(W.T, col, 1, axis="out")
+    torch.testing.assert_close(A @ B, (At @ Bt).T)
+    # the output-row reading of the same vector is a shape error (6 weights for 8 rows), not silence
+    with pytest.raises(LpafError, match="length 8"):
+        fwsvd(W, col, 1, axis="out")
+    with pytest.raises(LpafError, match="fisher axis"):
+        fwsvd(W, col, 1, axis="rows")
+
+
+def test_fisher_axis_reaches_factorize_matrices():
+    g = torch.Generator().manual_seed(1)
+    weights = {"a": torch.randn(5, 7, generator=g)}
+    by_col = factorize_matrices(weights, {"a": 2}, "fwsvd", {"a": torch.rand(7, generator=g) + 0.1}, fisher_axis="in")
+    assert by_col["a"].A.shape == (5, 2)
+    with pytest.raises(LpafError, match=r"shape \(7,\)"):
+        factorize_matrices(weights, {"a": 2}, "fwsvd", {"a": torch.ones(7)}, fisher_axis="out")
+
+
+@pytest.mark.parametrize("axis", ["out", "in"])
+def test_omega_from_fisher_is_line_weight_times_mask_weight(axis):
+    from lpaf.factorize import omega_from_fisher
+
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    fisher = torch.tensor([4.0, 1.0]) if axis == "out" else torch.tensor([4.0, 1.0, 0.25])
+    omega = omega_from_fisher(mask, fisher, 0.5, axis)
+    line = (fisher / fisher.max()).sqrt()
+    expected = (line.unsqueeze(1) if axis == "out" else line.unsqueeze(0)) * torch.where(mask, 1.0, 0.5)
+    torch.testing.assert_close(omega, expected)
+    assert omega.max() == 1.0 and omega.min() >= 0
+
+
+def test_fisher_sparsity_aware_at_lambda_one_reaches_the_fwsvd_optimum():
+    """With λ = 1 the Fisher-weighted EM objective is FWSVD's (row-weighted, closed form): the EM
+    must get there, which a wrong Ω (e.g. Fisher without the square root) would not."""
+    from lpaf.factorize import fwsvd, omega_from_fisher, weighted_svd_em_exact
+
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(12, 10, generator=g, dtype=torch.float64).float()
+    fisher = torch.rand(12, generator=g) * 3 + 0.5
+    omega = omega_from_fisher(torch.ones(12, 10, dtype=torch.bool), fisher, 1.0)
+    A, B = fwsvd(W, fisher, 3)
+    closed = float((omega * (W - A @ B)).pow(2).sum())
+    em = weighted_svd_em_exact(W, omega, 3, max_iters=500, tol=1e-10)
+    assert em.final_objectives[0] == pytest.approx(closed, rel=1e-3)
+    assert em.final_objectives[0] < em.objectives[0][0]  # it moved from plain SVD

@@ -47,6 +47,9 @@ def _factorize(assets, source: str, out: str, *extra) -> tuple[int, Path]:
 @pytest.mark.parametrize("source,method,extra", [
     ("teacher", "svd", []),
     ("teacher", "fwsvd", ["--fisher-batches", "2"]),
+    ("teacher", "fwsvd", ["--fisher-batches", "2", "--fisher-axis", "in"]),
+    ("pruned", "fisher-sparsity-aware", ["--fisher-batches", "2"]),
+    ("pruned", "fisher-sparsity-aware", ["--fisher-batches", "2", "--fisher-axis", "in", "--pruned-weight", "1"]),
     ("pruned", "svd", []),
     ("pruned", "sparsity-aware", ["--weights", "mask", "--pruned-weight", "0.1"]),
     ("pruned", "sparsity-aware", ["--acceleration", "nesterov"]),
@@ -76,7 +79,7 @@ def test_factorize_every_method(assets, source, method, extra):
         assert m["magnitude_overlap"] == {k: v for k, v in pruned_overlap.items() if k != "per_matrix"}
     else:
         assert "magnitude_overlap" not in m
-    if method == "sparsity-aware":
+    if method in ("sparsity-aware", "fisher-sparsity-aware"):
         for r in per_matrix.values():
             assert r["weighted_relative_error"] is not None and r["iterations"] >= 1
             assert r["objective_final"] <= r["objective_initial"] + 1e-6  # EM starts at SVD and only descends
@@ -112,6 +115,8 @@ def test_rank_rule_nnz_uses_the_pruned_nonzeros(assets):
     ("teacher", ["--density", "0.001"], r"rank 0"),
     ("teacher", ["--method", "qr"], r"argument --method: invalid choice: 'qr'"),
     ("teacher", ["--method", "sparsity-aware"], r"needs a pruned model: .*masks.safetensors not found"),
+    ("teacher", ["--method", "fisher-sparsity-aware"], r"needs a pruned model: .*masks.safetensors not found"),
+    ("teacher", ["--method", "fwsvd", "--fisher-axis", "rows"], r"argument --fisher-axis: invalid choice: 'rows'"),
     ("teacher", ["--pruned-weight", "2"], r"--pruned-weight must be in \[0, 1\], got 2.0"),
     ("teacher", ["--solver", "exact", "--acceleration", "nesterov"],
      r"--acceleration nesterov applies to --solver fast only \(got --solver exact\)"),

@@ -226,6 +226,58 @@ def test_platon_score_is_ema_sensitivity_times_uncertainty():
     torch.testing.assert_close(pruner.scores()[name], ema * uncertainty)
 
 
+def test_mask_update_every_delta_t_steps():
+    """ΔT = 3: the masks change only at schedule steps 1, 4, 7, ... after the warm-up and at the
+    freeze; with ΔT = 1 they change every step."""
+    def changes(every):
+        model = tiny_bert()
+        pruner = Pruner("platon", 0.25, initial_warmup=0.1, final_warmup=0.2, mask_update_every=every)
+        pruner.prepare(model)
+        seen, previous = [], {}
+
+        def snap(t):
+            masks = pruner.masks()
+            if previous and any(not torch.equal(masks[n], previous[n]) for n in masks):
+                seen.append(t)
+            previous.update(masks)
+
+        train(model, pruner, steps=20, on_step=snap)
+        return seen, pruner
+
+    every_step, pruner = changes(1)
+    assert pruner.schedule.initial_warmup_steps == 2 and pruner.schedule.freeze_step == 16
+    assert every_step[0] == 3 and len(every_step) > 8
+    delta3, pruner = changes(3)
+    assert set(delta3) <= {3, 6, 9, 12, 15, 16} and {3, 16} <= set(delta3)  # 16: the freeze step
+    for name, pm in pruner._parametrizations().items():  # the final density is exact either way
+        assert int(pm.keep_mask.sum()) == keep_count(0.25, pm.keep_mask.numel()), name
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_zero_pruned_weights_is_platon_reference(zero):
+    """With zero_pruned_weights the pruned entries of the weights themselves are 0 after every mask
+    update (so they cannot come back); without, they keep their values behind the mask."""
+    model = tiny_bert()
+    pruner = Pruner("platon", 0.25, initial_warmup=0.1, final_warmup=0.2, zero_pruned_weights=zero)
+    pruner.prepare(model)
+    checked = []
+
+    def check(t):
+        if pruner.frozen or pruner.current_density == 1.0:
+            return
+        checked.append(t)
+        for name, linear in pruner.modules.items():
+            original = linear.parametrizations.weight.original.detach()
+            pruned = ~pruner.masks()[name]
+            if zero:
+                assert original[pruned].eq(0).all(), (t, name)
+            else:
+                assert original[pruned].ne(0).all(), (t, name)
+
+    train(model, pruner, steps=20, on_step=check)
+    assert len(checked) >= 10
+
+
 def test_soft_movement_regularization_follows_the_schedule():
     model = tiny_bert()
     pruner = Pruner("soft-movement", 0.2, initial_warmup=0.0, final_warmup=0.0, soft_l1=3.0)
@@ -298,6 +350,7 @@ def test_state_dict_round_trip_and_mismatch():
     ({"scope": "row"}, "--scope must be one of local, global"),
     ({"initial_warmup": 0.6, "final_warmup": 0.5}, "--initial-warmup \\+ --final-warmup must be < 1"),
     ({"scores_lr": 0.0}, "--scores-lr must be > 0"),
+    ({"mask_update_every": 0}, "--mask-update-every must be an integer >= 1"),
 ])
 def test_bad_settings_one_line(kwargs, message):
     settings = {"method": "movement", "density": 0.25} | kwargs

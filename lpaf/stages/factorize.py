@@ -31,8 +31,9 @@ SOURCE_FILE = "source_weights.safetensors"
 class FactorizeArgs:
     model: str = field(metadata={"help": "dense fine-tuned or pruned model directory (an lpaf artifact)"})
     out: str = field(metadata={"help": "output directory (compressed model + metrics.json)"})
-    method: Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd"] = field(
-        default="svd", metadata={"help": "factorizer"})
+    method: Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd", "fisher-sparsity-aware"] = field(
+        default="svd", metadata={"help": "factorizer (fisher-sparsity-aware: sparsity-aware SVD with entry weights "
+                                         "sqrt(Fisher line weight) x mask weight; not in the paper)"})
     density: float = field(default=0.25, metadata={"help": "fraction of encoder linear weights retained, in (0, 1]"})
     rank_rule: Literal["budget", "nnz"] = field(
         default="budget", metadata={"help": "rank = floor(p*m*n/(m+n)) (budget) or floor(nnz/(m+n)) of the pruned matrix"})
@@ -46,6 +47,9 @@ class FactorizeArgs:
         default="none", metadata={"help": "fast solver: plain EM (objective never rises) or Nesterov momentum with restarts"})
     max_iters: int = field(default=50, metadata={"help": "EM iterations at most"})
     tol: float = field(default=1e-4, metadata={"help": "EM stops when the objective's relative change is below"})
+    fisher_axis: Literal["out", "in"] = field(default="out", metadata={
+        "help": "fwsvd / fisher-sparsity-aware: Fisher importance per output row of the (out x in) weight, or per "
+                "input neuron (the public FWSVD re-implementation's reading)"})
     fisher_batches: int = field(default=32, metadata={"help": "fwsvd: training batches for the Fisher row weights"})
     fisher_batch_size: int = field(default=16, metadata={"help": "fwsvd: batch size for the Fisher estimate"})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size"})
@@ -88,15 +92,19 @@ def _load_named_tensors(path: Path, names: list[str], what: str, shapes: dict[st
 
 
 def fisher_row_weights(model: nn.Module, data, names: list[str], batches: int, batch_size: int,
-                       device: str, seed: int) -> dict[str, torch.Tensor]:
-    """FWSVD's Fisher information per output row: sum over columns and batches of (dL/dW)^2."""
+                       device: str, seed: int, axis: str = "out") -> dict[str, torch.Tensor]:
+    """FWSVD's Fisher information per output row (axis "out": sum over columns and batches of
+    (dL/dW)^2) or per input neuron (axis "in": sum over rows)."""
+    if axis not in ("out", "in"):
+        raise LpafError(f"--fisher-axis must be out or in, got {axis!r}")
+    sum_dim, line = (1, 0) if axis == "out" else (0, 1)
     from torch.utils.data import DataLoader
 
     from lpaf.modules import find_encoder_linears
     from lpaf.training import task_loss
 
     linears = find_encoder_linears(model)
-    fisher = {n: torch.zeros(linears[n].weight.shape[0], dtype=torch.float64) for n in names}
+    fisher = {n: torch.zeros(linears[n].weight.shape[line], dtype=torch.float64) for n in names}
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=g, collate_fn=data.collator)
     model.to(device).eval()  # no dropout: the Fisher of the deterministic model
@@ -108,13 +116,14 @@ def fisher_row_weights(model: nn.Module, data, names: list[str], batches: int, b
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")}
         task_loss(data.task, model(**inputs), batch).backward()
         for n in names:
-            fisher[n] += linears[n].weight.grad.detach().double().pow(2).sum(dim=1).cpu()
+            fisher[n] += linears[n].weight.grad.detach().double().pow(2).sum(dim=sum_dim).cpu()
     model.zero_grad(set_to_none=True)
     return {n: f.float() for n, f in fisher.items()}
 
 
 def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
-    from lpaf.factorize import allocate_ranks, factorize_matrices, omega_from_importance, omega_from_mask
+    from lpaf.factorize import (allocate_ranks, factorize_matrices, omega_from_fisher, omega_from_importance,
+                                omega_from_mask)
     from lpaf.lowrank import save_lowrank_model, swap_encoder_linears
     from lpaf.modules import find_encoder_linears
 
@@ -124,7 +133,9 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     seed_everything(run_args.seed)
     # validate everything that can be checked before heavy work
     model = load_model(args.model, task, expect="dense")
-    needs_masks = args.method in ("sparsity-aware", "importance-row-svd") or args.rank_rule == "nnz"
+    needs_fisher = args.method in ("fwsvd", "fisher-sparsity-aware")
+    needs_masks = args.method in ("sparsity-aware", "importance-row-svd", "fisher-sparsity-aware") \
+        or args.rank_rule == "nnz"
     if needs_masks and not (src / MASKS_FILE).is_file():
         raise LpafError(f"--method {args.method} / --rank-rule {args.rank_rule} needs a pruned model: "
                         f"{src / MASKS_FILE} not found (run 'lpaf prune' first)")
@@ -132,7 +143,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     if needs_scores and not (src / SCORES_FILE).is_file():
         raise LpafError(f"importance weights need {src / SCORES_FILE}, which is missing (run 'lpaf prune' first)")
     tokenizer = load_tokenizer(args.model)
-    data = load_task_data(data_args, tokenizer, with_train=args.method == "fwsvd")
+    data = load_task_data(data_args, tokenizer, with_train=needs_fisher)
     device = resolve_device(run_args.device)
 
     linears = find_encoder_linears(model)
@@ -148,9 +159,14 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
 
     t0 = now()
     method_weights = None
-    if args.method == "fwsvd":
-        method_weights = fisher_row_weights(model, data, names, args.fisher_batches, args.fisher_batch_size, device,
-                                            run_args.seed)
+    if needs_fisher:
+        fisher = fisher_row_weights(model, data, names, args.fisher_batches, args.fisher_batch_size, device,
+                                    run_args.seed, args.fisher_axis)
+        if args.method == "fwsvd":
+            method_weights = fisher
+        else:  # the pruned model's own Fisher (masked weights), times the mask weight
+            method_weights = {n: omega_from_fisher(masks[n].bool(), fisher[n], args.pruned_weight, args.fisher_axis)
+                              for n in names}
     elif args.method == "sparsity-aware":
         if args.weights == "mask":
             method_weights = {n: omega_from_mask(masks[n].bool(), args.pruned_weight) for n in names}
@@ -161,7 +177,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     solve_t0 = time.perf_counter()
     results = factorize_matrices(source, allocation.ranks, args.method, method_weights, solver=args.solver,
                                  max_iters=args.max_iters, tol=args.tol, acceleration=args.acceleration,
-                                 device=device, seed=run_args.seed)
+                                 device=device, seed=run_args.seed, fisher_axis=args.fisher_axis)
     solver_wall_time_s = time.perf_counter() - solve_t0
     model = swap_encoder_linears(model.cpu(), {n: (r.A, r.B) for n, r in results.items()})
     metrics, predictions = evaluate_with_predictions(model, data, args.eval_batch_size, device)

@@ -49,6 +49,11 @@ class PruneArgs:
     soft_l1: float = field(default=10.0, metadata={"help": "soft movement: final weight of the L1 on sigmoid(scores)"})
     platon_beta1: float = field(default=0.85, metadata={"help": "PLATON: EMA factor of the sensitivity"})
     platon_beta2: float = field(default=0.95, metadata={"help": "PLATON: EMA factor of its uncertainty"})
+    mask_update_every: int = field(default=1, metadata={
+        "help": "recompute the masks every N schedule steps (ΔT; PLATON's reference uses 10)"})
+    zero_pruned_weights: bool = field(default=False, metadata={
+        "help": "set pruned weights to 0 at every mask update, so they cannot come back (PLATON's reference); "
+                "default: they keep their values behind the mask"})
     distill: bool = field(default=True, metadata={
         "help": "distil from the teacher (weight --distill-alpha); --no-distill trains on the labels only"})
     eval_every_steps: int = field(default=0, metadata={"help": "dev evaluation every N steps (0: each epoch end)"})
@@ -56,7 +61,7 @@ class PruneArgs:
     def __post_init__(self):
         problems = check_settings(self.method, self.density, self.scope, self.initial_warmup, self.final_warmup,
                                   self.scores_lr, self.score_init, self.score_init_scale, self.soft_l1,
-                                  (self.platon_beta1, self.platon_beta2))
+                                  (self.platon_beta1, self.platon_beta2), self.mask_update_every)
         if self.eval_every_steps < 0:
             problems.append(f"--eval-every-steps must be >= 0 (got {self.eval_every_steps})")
         if problems:
@@ -66,7 +71,8 @@ class PruneArgs:
         return Pruner(self.method, self.density, scope=self.scope, initial_warmup=self.initial_warmup,
                       final_warmup=self.final_warmup, scores_lr=self.scores_lr, score_init=self.score_init,
                       score_init_scale=self.score_init_scale, scores_only_warmup=self.scores_only_warmup,
-                      soft_l1=self.soft_l1, platon_betas=(self.platon_beta1, self.platon_beta2))
+                      soft_l1=self.soft_l1, platon_betas=(self.platon_beta1, self.platon_beta2),
+                      mask_update_every=self.mask_update_every, zero_pruned_weights=self.zero_pruned_weights)
 
 
 def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: TrainArgs) -> dict:
