@@ -97,6 +97,59 @@ class AnnealSchedule:
 
 
 # --------------------------------------------------------------------------------------------
+# The factors' learning-rate budget
+# --------------------------------------------------------------------------------------------
+
+def linear_lr_multipliers(total_steps: int, warmup_ratio: float) -> "np.ndarray":
+    """The Trainer's linear schedule with warm-up, as multipliers of the peak lr for steps 0..T-1
+    (transformers' ``get_linear_schedule_with_warmup`` with ``ceil(ratio * T)`` warm-up steps)."""
+    import numpy as np
+
+    warmup = math.ceil(total_steps * warmup_ratio)
+    t = np.arange(total_steps, dtype=np.float64)
+    up = t / max(1, warmup)
+    down = np.maximum(0.0, (total_steps - t) / max(1, total_steps - warmup))
+    return np.where(t < warmup, up, down)
+
+
+def factor_lr_integral(total_steps: int, schedule: AnnealSchedule, warmup_ratio: float) -> float:
+    """Expected Σ_t lr(t)·(1 − p(t)) over a run of ``total_steps`` (in units of the peak lr): the
+    learning-rate integral a module's factors receive, since they get no gradient in the steps where
+    the module runs W_s. Plain re-training gives them Σ_t lr(t)."""
+    import numpy as np
+
+    if total_steps <= 0:
+        return 0.0
+    p = np.array([schedule.p(t, total_steps) for t in range(total_steps)])
+    return float((linear_lr_multipliers(total_steps, warmup_ratio) * (1.0 - p)).sum())
+
+
+def matched_total_steps(plain_steps: int, schedule: AnnealSchedule, warmup_ratio: float) -> int:
+    """The fewest steps N >= plain_steps after which mixed-rank's factors have received at least the
+    learning-rate integral of ``plain_steps`` of plain re-training (same peak lr, same schedule shape,
+    p(t) annealed over the same fraction of N). The fair-budget comparison of C5: without it, the
+    default p0 = 1 / anneal 0.5 gives the factors about 64% of plain's integral."""
+    if plain_steps <= 0:
+        raise LpafError(f"plain step count must be positive, got {plain_steps}")
+    target = float(linear_lr_multipliers(plain_steps, warmup_ratio).sum())
+    if factor_lr_integral(plain_steps, schedule, warmup_ratio) >= target:
+        return plain_steps
+    low, high = plain_steps, plain_steps * 2
+    while factor_lr_integral(high, schedule, warmup_ratio) < target:
+        low, high = high, high * 2
+        if high > 64 * plain_steps:
+            raise LpafError(f"no schedule length gives the factors plain re-training's lr budget with p0 "
+                            f"{schedule.p0} and anneal fraction {schedule.anneal_fraction}")
+    while high - low > 1:  # the integral grows with N: bisect for the first N that reaches it
+        mid = (low + high) // 2
+        if factor_lr_integral(mid, schedule, warmup_ratio) >= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+# --------------------------------------------------------------------------------------------
 # Training-time modules
 # --------------------------------------------------------------------------------------------
 

@@ -412,3 +412,37 @@ def test_scheduler_refuses_state_from_other_settings(dense, tmp_path):
         other.load_state_dict(state)
     with pytest.raises(LpafError, match="no mixed_rank_generator.safetensors"):
         other.load_tensors(tmp_path)
+
+
+# --- the factors' learning-rate budget ------------------------------------------------------------
+
+def test_linear_lr_multipliers_match_transformers():
+    from transformers.optimization import get_linear_schedule_with_warmup
+
+    from lpaf.mixed_rank import linear_lr_multipliers
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=math.ceil(0.1 * 37), num_training_steps=37)
+    expected = []
+    for _ in range(37):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert linear_lr_multipliers(37, 0.1).tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("p0, anneal_fraction", [(1.0, 0.5), (0.5, 0.5), (1.0, 0.2), (1.0, 1.0), (0.0, 0.5)])
+def test_matched_total_steps_gives_the_factors_plain_budget(p0, anneal_fraction):
+    from lpaf.mixed_rank import factor_lr_integral, linear_lr_multipliers, matched_total_steps
+
+    schedule = AnnealSchedule(p0, anneal_fraction)
+    plain = 125
+    target = linear_lr_multipliers(plain, 0.1).sum()
+    n = matched_total_steps(plain, schedule, 0.1)
+    assert factor_lr_integral(n, schedule, 0.1) >= target
+    if n > plain:  # the fewest such steps
+        assert factor_lr_integral(n - 1, schedule, 0.1) < target
+    else:
+        assert p0 == 0.0
+    if (p0, anneal_fraction) == (1.0, 0.5):  # the issue's figure: 64% of plain's integral at equal steps
+        assert factor_lr_integral(plain, schedule, 0.1) / target == pytest.approx(0.64, abs=0.01)

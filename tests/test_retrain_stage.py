@@ -76,11 +76,12 @@ def _retrain(assets, out: Path, *extra) -> int:
 
 @pytest.fixture(scope="module")
 def mixed_run(assets, tmp_path_factory) -> Path:
-    """One uninterrupted mixed-rank run (8 steps, p(t) from 1 to 0 over the first half)."""
+    """One uninterrupted mixed-rank run (8 steps, p(t) from 1 to 0 over the first half; the same step
+    count as plain, so the schedule is easy to check by hand)."""
     out = assets["root"] / "mixed"
     with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test cache fixture is not active yet
         mp.setenv("LPAF_CACHE", str(tmp_path_factory.mktemp("cache")))
-        assert _retrain(assets, out, "--scheme", "mixed-rank", "--seed", "3") == 0
+        assert _retrain(assets, out, "--scheme", "mixed-rank", "--seed", "3", "--factor-budget", "steps") == 0
     return out
 
 
@@ -135,11 +136,11 @@ def test_saved_model_reloads_to_the_evaluated_metrics(assets, mixed_run, tmp_pat
 
 def test_same_seed_gives_the_same_final_weights(assets, mixed_run):
     again = assets["root"] / "mixed-again"
-    assert _retrain(assets, again, "--scheme", "mixed-rank", "--seed", "3") == 0
+    assert _retrain(assets, again, "--scheme", "mixed-rank", "--seed", "3", "--factor-budget", "steps") == 0
     a, b = _weights(mixed_run), _weights(again)
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = assets["root"] / "mixed-seed4"
-    assert _retrain(assets, other, "--scheme", "mixed-rank", "--seed", "4") == 0
+    assert _retrain(assets, other, "--scheme", "mixed-rank", "--seed", "4", "--factor-budget", "steps") == 0
     c = _weights(other)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -147,11 +148,11 @@ def test_same_seed_gives_the_same_final_weights(assets, mixed_run):
 def test_resume_after_sigterm_matches_uninterrupted(assets, mixed_run, monkeypatch, capsys):
     cut = assets["root"] / "mixed-cut"
     monkeypatch.setenv("LPAF_FAULT_SIGTERM_AT_STEP", "3")  # mid-anneal, right after the step-3 checkpoint
-    assert _retrain(assets, cut, "--scheme", "mixed-rank", "--seed", "3") == 75
+    assert _retrain(assets, cut, "--scheme", "mixed-rank", "--seed", "3", "--factor-budget", "steps") == 75
     assert "checkpoint saved at step 3" in capsys.readouterr().err
     assert not cut.exists()
     monkeypatch.delenv("LPAF_FAULT_SIGTERM_AT_STEP")
-    assert _retrain(assets, cut, "--scheme", "mixed-rank", "--seed", "3") == 0
+    assert _retrain(assets, cut, "--scheme", "mixed-rank", "--seed", "3", "--factor-budget", "steps") == 0
     assert "resuming from checkpoint" in capsys.readouterr().out
     full = json.loads((mixed_run / "metrics.json").read_text())
     resumed = json.loads((cut / "metrics.json").read_text())
@@ -256,3 +257,20 @@ def test_incomplete_factorized_dir_is_refused(assets, tmp_path, capsys):
                  "--out", out, *TRAIN]) == 2
     assert "has no metrics.json" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_matched_factor_budget_is_the_default(assets, mixed_run, tmp_path):
+    """By default mixed-rank runs the extra steps that give every module's factors the learning-rate
+    integral of plain re-training (steps-matched mixed-rank gives them ~64% of it)."""
+    from lpaf.mixed_rank import AnnealSchedule, matched_total_steps
+
+    out = tmp_path / "matched"
+    assert _retrain(assets, out, "--scheme", "mixed-rank", "--seed", "3") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    budget = m["factor_budget"]
+    assert budget["mode"] == "matched" and budget["plain_steps"] == 8
+    assert budget["total_steps"] == matched_total_steps(8, AnnealSchedule(1.0, 0.5), 0.1) > 8
+    assert m["train"]["train_steps"] == budget["total_steps"]
+    assert budget["factor_lr_integral"] >= budget["plain_lr_integral"]
+    steps = json.loads((mixed_run / "metrics.json").read_text())["factor_budget"]
+    assert steps["mode"] == "steps" and steps["total_steps"] == 8 and steps["factor_lr_share"] < 0.8

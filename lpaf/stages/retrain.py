@@ -9,6 +9,8 @@ branch is visible).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +22,9 @@ from lpaf.artifacts import read_json, require_complete
 from lpaf.errors import LpafError
 from lpaf.mixed_rank import SOURCE_WEIGHTS_FILE, AnnealSchedule
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
-                                evaluate_with_predictions, pruning_diagnostics_of, is_lowrank_dir, load_model, load_task_data, load_tokenizer, now, prepare_output,
-                                seed_everything, stage_metrics, write_json, METRICS_FILE)
+                                evaluate_with_predictions, is_lowrank_dir, load_model, load_task_data, load_tokenizer,
+                                now, prepare_output, pruning_diagnostics_of, seed_everything, stage_metrics,
+                                write_json, METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 RetrainScheme = Literal["plain", "mixed-rank", "rank-sampling"]
@@ -41,6 +44,11 @@ class RetrainArgs:
     anneal_fraction: float = field(default=0.5, metadata={"help": "fraction of the steps over which p(t) falls "
                                                                   "to 0; later steps use A·B only"})
     anneal: Literal["linear", "cosine"] = field(default="linear", metadata={"help": "shape of the p(t) decay"})
+    factor_budget: Literal["matched", "steps"] = field(default="matched", metadata={
+        "help": "mixed-rank only. matched: run as many extra steps as it takes for every module's factors to "
+                "receive the learning-rate integral that plain re-training with these epochs gives them (they get "
+                "no gradient while the module runs W_s): the fair comparison; steps: the same number of steps as "
+                "plain (the factors get less, ~64%% with p0 1 and anneal 0.5)"})
     trainable_source: bool = field(default=False, metadata={"help": "train the full-rank source matrices too "
                                                                     "(pruned entries stay zero); default frozen"})
     max_rank_multiple: float = field(default=2.0, metadata={"help": "rank-sampling: factors over-parameterized "
@@ -153,6 +161,9 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
     data = load_task_data(data_args, tokenizer)
 
     schedule = args.schedule()
+    budget = _factor_budget(args, train_args, len(data.train))
+    if budget["total_steps"] != budget["plain_steps"]:
+        train_args = dataclasses.replace(train_args, max_steps=budget["total_steps"])
     timer = PhaseStepTimer(schedule)
     callbacks: list[TrainerCallback] = [timer]
     scheduler = None
@@ -184,6 +195,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         "density": source_info.get("density"),
         "best_eval": stats.get("best_eval"),
         "schedule": scheduler.summary() if scheduler else None,
+        "factor_budget": budget,
         "modules_detached": detached,
         "teacher": args.teacher if teacher is not None else None,
         "train": stats,
@@ -197,6 +209,25 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         write_json(tmp / METRICS_FILE, record)  # last: the completion record
     _cleanup_checkpoints(out)
     return record
+
+
+def _factor_budget(args: RetrainArgs, train_args: TrainArgs, n_train: int) -> dict[str, Any]:
+    """The steps this run takes and the learning-rate integral its factors receive, against plain
+    re-training with the same epochs / max steps (docs/METHOD.md, Stage 3: fair budgets)."""
+    from lpaf.mixed_rank import factor_lr_integral, linear_lr_multipliers, matched_total_steps
+
+    per_epoch = max(1, math.ceil(n_train / train_args.batch_size))
+    plain_steps = train_args.max_steps if train_args.max_steps > 0 else math.ceil(train_args.epochs * per_epoch)
+    schedule = args.schedule()
+    total = plain_steps
+    if args.scheme == "mixed-rank" and args.factor_budget == "matched":
+        total = matched_total_steps(plain_steps, schedule, train_args.warmup_ratio)
+    plain_integral = float(linear_lr_multipliers(plain_steps, train_args.warmup_ratio).sum())
+    factor_integral = (factor_lr_integral(total, schedule, train_args.warmup_ratio) if args.scheme == "mixed-rank"
+                       else float(linear_lr_multipliers(total, train_args.warmup_ratio).sum()))
+    return {"mode": args.factor_budget if args.scheme == "mixed-rank" else "plain", "plain_steps": plain_steps,
+            "total_steps": total, "plain_lr_integral": plain_integral, "factor_lr_integral": factor_integral,
+            "factor_lr_share": factor_integral / plain_integral if plain_integral > 0 else None}
 
 
 def _add_final_eval(stats: dict[str, Any], metrics: dict[str, float], headline_key: str) -> None:
