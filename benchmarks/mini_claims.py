@@ -1,12 +1,15 @@
-"""The paper's claims, read off the mini reproduction's table (issue 7).
+"""The paper's claims, read off the mini reproduction's runs with paired seeds (issues 7 and 14).
 
-Reads ``table.csv`` and ``rank_study.csv`` (default: benchmarks/results/mini/) and writes
-``claims.md`` and ``claims.json`` beside them: for every task and density, the numbers each claim
-compares, the difference, and a verdict. With one seed a difference is called "within noise"
-when it is smaller than ``--noise-points`` (default 3 points: twice the standard deviation of a
-difference of two single-seed runs, with the seed-to-seed spread of 0.4-1.1 points measured at
-this scale in benchmarks/retrain_study). With several seeds the table's means are compared the same
-way and the standard deviations are printed beside them.
+Reads ``runs.csv`` (one line per run and seed) and ``rank_study.csv`` (default:
+benchmarks/results/mini/) and writes ``claims.md`` and ``claims.json`` beside them. Every
+comparison of two rows is made seed by seed (both rows of a seed share the teacher, and the data
+order), so each claim gets the paired differences, their mean ± sample std and a verdict from
+their spread: a difference is "holds" / "does not hold" only when |mean| exceeds the two-sided 95%
+Student-t half-width t·std/√n of the paired differences, else "within noise". With one seed there
+is no spread and the verdict says so ("1 seed: no verdict"). A run whose dev predictions are
+degenerate (one class for ≥ 99% of the dev set: ``degenerate`` in runs.csv, or, for runs written
+before that flag, exactly the majority-class accuracy) is a failed run, not a score: its seed is
+dropped from the comparison and counted.
 
     python benchmarks/mini_claims.py                      # after benchmarks/mini_summary.py
 """
@@ -16,12 +19,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # dev accuracy of always predicting the majority class (MRPC: 279 of 408 paraphrases, F1 81.2;
-# SST-2: 444 of 872 positive): a row at exactly this accuracy learned nothing
-MAJORITY_ACCURACY = {"mrpc": 279 / 408, "sst2": 444 / 872}
+# SST-2: 444 of 872 positive; CoLA: 721 of 1,043 acceptable): for runs without the degenerate flag
+MAJORITY_ACCURACY = {"mrpc": 279 / 408, "sst2": 444 / 872, "cola": 721 / 1043}
+# two-sided 95% Student-t quantiles by degrees of freedom
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -29,107 +36,146 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def verdict(diff: float, noise: float, better: str, worse: str) -> str:
-    if abs(diff) < noise:
+def is_degenerate(run: dict) -> bool:
+    flag = run.get("degenerate")
+    if flag not in (None, ""):
+        return flag == "True"
+    acc = run.get("dev_accuracy")
+    return acc not in (None, "") and run["task"] in MAJORITY_ACCURACY \
+        and abs(float(acc) - MAJORITY_ACCURACY[run["task"]]) < 5e-4
+
+
+def paired(diffs: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean, sample std and 95% t half-width of paired differences (std and width None for n < 2)."""
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    std = statistics.stdev(diffs)
+    return mean, std, T_975.get(len(diffs) - 1, 1.96) * std / math.sqrt(len(diffs))
+
+
+def verdict(diffs: list[float], better: str, worse: str) -> str:
+    if not diffs:
+        return "no paired runs"
+    mean, _, half_width = paired(diffs)
+    if half_width is None:
+        return f"{len(diffs)} seed: no verdict"
+    if abs(mean) <= half_width:
         return "within noise"
-    return better if diff > 0 else worse
+    return better if mean > 0 else worse
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dir", default=str(HERE / "results" / "mini"))
-    p.add_argument("--noise-points", type=float, default=3.0)
     args = p.parse_args()
     d = Path(args.dir)
-    table = read_csv(d / "table.csv")
+    runs = read_csv(d / "runs.csv")
     ranks = read_csv(d / "rank_study.csv")
-    noise = args.noise_points / 100
 
-    def score(task, method, density=None):
-        for r in table:
-            if r["task"] == task and r["method"] == method and (density is None or float(r["density"]) == density):
-                std = float(r["headline_std"]) if r["headline_std"] not in ("", None) else None
-                constant = r["accuracy_mean"] not in ("", None) and task in MAJORITY_ACCURACY \
-                    and abs(float(r["accuracy_mean"]) - MAJORITY_ACCURACY[task]) < 5e-4
-                return float(r["headline_mean"]), std, int(r["n_seeds"]), constant
-        return None
+    def per_seed(task, method, density=None) -> dict[int, dict]:
+        return {int(r["seed"]): r for r in runs if r["task"] == task and r["method"] == method
+                and (density is None or float(r["density"]) == density)}
 
-    def rank(task, label, density):
-        vals = [float(r["avg_rank"]) for r in ranks if r["task"] == task and r["label"] == label
-                and float(r["density"]) == density]
-        eff = [float(r["avg_effective_rank_99"]) for r in ranks if r["task"] == task and r["label"] == label
-               and float(r["density"]) == density]
-        return (sum(vals) / len(vals), sum(eff) / len(eff)) if vals else None
+    def compare(task, a, b, density, b_density=None):
+        """Paired differences a − b (headline), the failed seeds of each, and the per-row summaries."""
+        ra, rb = per_seed(task, a, density), per_seed(task, b, density if b_density is None else b_density)
+        failed = {"a": sorted(s for s, r in ra.items() if is_degenerate(r)),
+                  "b": sorted(s for s, r in rb.items() if is_degenerate(r))}
+        seeds = sorted(set(ra) & set(rb) - set(failed["a"]) - set(failed["b"]))
+        diffs = [float(ra[s]["headline"]) - float(rb[s]["headline"]) for s in seeds]
+        return diffs, failed, row_summary(ra), row_summary(rb)
+
+    def row_summary(rows: dict[int, dict]):
+        ok = [float(r["headline"]) for r in rows.values() if not is_degenerate(r)]
+        if not rows:
+            return None
+        return {"n": len(rows), "failed": len(rows) - len(ok), "mean": statistics.fmean(ok) if ok else None,
+                "std": statistics.stdev(ok) if len(ok) > 1 else None}
 
     def fmt(s):
         if s is None:
             return "–"
-        mean, std, n, constant = s
-        return (f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and n > 1 else "")
-                + (" (constant predictor)" if constant else ""))
+        if s["mean"] is None:
+            return f"failed ({s['failed']}/{s['n']} seeds degenerate)"
+        text = f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if s["std"] is not None else "")
+        return text + (f" ({s['failed']} of {s['n']} seeds failed)" if s["failed"] else "")
 
-    tasks = sorted({r["task"] for r in table}, key=lambda t: [r["task"] for r in table].index(t))
-    densities = sorted({float(r["density"]) for r in table if r["dense"] != "True"}, reverse=True)
-    out: dict = {"noise_points": args.noise_points, "claims": []}
-    lines = [f"# Claims, read off `table.csv` / `rank_study.csv` (`python benchmarks/mini_claims.py`)", "",
-             f"Headline metric ×100 (SST-2 accuracy, MRPC F1). \"within noise\": |difference| < "
-             f"{args.noise_points:g} points.", ""]
+    def rank(task, label, density):
+        rows = [r for r in ranks if r["task"] == task and r["label"] == label and float(r["density"]) == density]
+        if not rows:
+            return None
+        return (statistics.fmean(float(r["avg_rank"]) for r in rows),
+                statistics.fmean(float(r["avg_effective_rank_99"]) for r in rows))
 
-    def add(claim, task, density, text, diff, v):
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    densities = sorted({float(r["density"]) for r in runs if r["dense"] != "True"}, reverse=True)
+    out: dict = {"test": "paired seeds, two-sided 95% Student-t half-width", "claims": []}
+    lines = ["# Claims, read off `runs.csv` / `rank_study.csv` (`python benchmarks/mini_claims.py`)", "",
+             "Headline metric ×100 (SST-2 accuracy, MRPC F1, CoLA MCC). Rows: mean ± sample std over seeds. "
+             "Difference: mean ± std of the paired per-seed differences; a verdict needs |mean| above the 95% "
+             "t half-width of those differences (else \"within noise\"); one seed gives no verdict. Seeds whose "
+             "run predicted one class for ≥ 99% of the dev set are failed runs and left out of the pairs.", "",
+             "| claim | task | density | numbers | paired difference | n | verdict |",
+             "|---|---|---|---|---|---|---|"]
+
+    def add(claim, task, density, text, diffs, v):
+        mean, std, half = paired(diffs) if diffs else (None, None, None)
         out["claims"].append({"claim": claim, "task": task, "density": density, "text": text,
-                              "difference_points": None if diff is None else round(100 * diff, 2), "verdict": v})
-        lines.append(f"| {claim} | {task} | {density:g} | {text} | "
-                     f"{'–' if diff is None else f'{100 * diff:+.1f}'} | {v} |")
+                              "paired_differences_points": [round(100 * x, 2) for x in diffs],
+                              "mean_points": None if mean is None else round(100 * mean, 2),
+                              "std_points": None if std is None else round(100 * std, 2),
+                              "half_width_95_points": None if half is None else round(100 * half, 2), "verdict": v})
+        diff_text = "–" if mean is None else f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+        lines.append(f"| {claim} | {task} | {density:g} | {text} | {diff_text} | {len(diffs)} | {v} |")
 
-    lines += ["| claim | task | density | numbers | difference | verdict |", "|---|---|---|---|---|---|"]
     for task in tasks:
-        dense = score(task, "dense")
         for density in densities:
-            mv, mg, pl = (rank(task, m, density) for m in ("movement", "magnitude", "platon"))
-            if mv and mg:
-                add("C2 rank (movement < magnitude)", task, density,
-                    f"mean rank movement {mv[0]:.1f} vs magnitude {mg[0]:.1f} (99%-energy {mv[1]:.1f} vs {mg[1]:.1f})",
-                    None, "holds" if mv[0] < mg[0] - 1 else "does not hold")
-            if pl and mg:
-                add("C2 rank (PLATON < magnitude)", task, density,
-                    f"mean rank PLATON {pl[0]:.1f} vs magnitude {mg[0]:.1f} (99%-energy {pl[1]:.1f} vs {mg[1]:.1f})",
-                    None, "holds" if pl[0] < mg[0] - 1 else "does not hold")
             for first in ("movement", "platon"):
-                a, b = score(task, first, density), score(task, "magnitude", density)
+                fr, mg = rank(task, first, density), rank(task, "magnitude", density)
+                if fr and mg:
+                    add(f"C2 rank ({first} < magnitude)", task, density,
+                        f"mean rank {first} {fr[0]:.1f} vs magnitude {mg[0]:.1f} (99%-energy {fr[1]:.1f} vs "
+                        f"{mg[1]:.1f})", [], "holds" if fr[0] < mg[0] - 1 else "does not hold")
+                diffs, _, a, b = compare(task, first, "magnitude", density)
                 if a and b:
-                    add(f"C2 accuracy ({first} ≥ magnitude)", task, density, f"{fmt(a)} vs {fmt(b)}", a[0] - b[0],
-                        verdict(a[0] - b[0], noise, "holds", "does not hold"))
-            lp = score(task, "lpaf", density)
+                    add(f"C2 accuracy ({first} ≥ magnitude)", task, density, f"{fmt(a)} vs {fmt(b)}", diffs,
+                        verdict(diffs, "holds", "does not hold"))
             for base in ("svd", "fwsvd"):
-                b = score(task, base, density)
-                if lp and b:
-                    add(f"C3 lpaf > {base}", task, density, f"{fmt(lp)} vs {fmt(b)}", lp[0] - b[0],
-                        verdict(lp[0] - b[0], noise, "holds", "does not hold"))
-            for ablation, claim in (("lpaf-no-sa-svd", "C4 lpaf > lpaf − sa-svd"),
-                                    ("lpaf-no-mixed-rank", "C5 lpaf > lpaf − mixed-rank"),
-                                    ("lpaf-movement", "lpaf (PLATON) vs lpaf (movement pruning)")):
-                b = score(task, ablation, density)
-                if lp and b:
-                    add(claim, task, density, f"{fmt(lp)} vs {fmt(b)}", lp[0] - b[0],
-                        verdict(lp[0] - b[0], noise, "holds" if claim.startswith("C") else "PLATON better",
-                                "does not hold" if claim.startswith("C") else "movement better"))
-        if densities and dense:
-            lp = score(task, "lpaf", densities[0])
-            if lp:
-                gap = dense[0] - lp[0]
-                add("lpaf within 2 points of dense", task, densities[0], f"{fmt(lp)} vs dense {fmt(dense)}", -gap,
-                    "holds" if gap <= 0.02 else "does not hold")
-        gaps = []
-        for density in densities:
-            lp, svd, fw = score(task, "lpaf", density), score(task, "svd", density), score(task, "fwsvd", density)
-            if lp and svd and fw:
-                gaps.append((density, lp[0] - max(svd[0], fw[0])))
-        if len(gaps) >= 2:
-            hi, lo = gaps[0], gaps[-1]
-            add("C3 gap grows with compression", task, lo[0],
-                f"lpaf − best of svd/fwsvd: {100 * hi[1]:+.1f} at {hi[0]:g}, {100 * lo[1]:+.1f} at {lo[0]:g}",
-                lo[1] - hi[1], "does not hold (lpaf is not ahead at the lower density)" if lo[1] <= 0
-                else verdict(lo[1] - hi[1], noise, "holds", "does not hold"))
+                diffs, _, a, b = compare(task, "lpaf", base, density)
+                if a and b:
+                    add(f"C3 lpaf > {base}", task, density, f"{fmt(a)} vs {fmt(b)}", diffs,
+                        verdict(diffs, "holds", "does not hold"))
+            for other, claim, better, worse in (
+                    ("lpaf-no-sa-svd", "C4 lpaf > lpaf − sa-svd", "holds", "does not hold"),
+                    ("lpaf-no-mixed-rank", "C5 lpaf > lpaf − mixed-rank", "holds", "does not hold"),
+                    ("lpaf-fisher", "lpaf + fisher vs lpaf", "lpaf better", "lpaf + fisher better"),
+                    ("lpaf-movement", "lpaf (PLATON) vs lpaf (movement pruning)", "PLATON better", "movement better")):
+                diffs, _, a, b = compare(task, "lpaf", other, density)
+                if a and b:
+                    add(claim, task, density, f"{fmt(a)} vs {fmt(b)}", diffs, verdict(diffs, better, worse))
+        if densities:
+            diffs, _, a, b = compare(task, "lpaf", "dense", densities[0], b_density=1.0)
+            if a and b:
+                within = [x + 0.02 for x in diffs]  # lpaf − (dense − 2 points) > 0 <=> within 2 points
+                add("lpaf within 2 points of dense", task, densities[0], f"{fmt(a)} vs dense {fmt(b)}", diffs,
+                    verdict(within, "holds", "does not hold"))
+        if len(densities) >= 2:
+            hi, lo = densities[0], densities[-1]
+            gap = {}
+            for density in (hi, lo):
+                lp = per_seed(task, "lpaf", density)
+                bases = [per_seed(task, m, density) for m in ("svd", "fwsvd")]
+                gap[density] = {s: float(lp[s]["headline"]) - max(float(b[s]["headline"]) for b in bases)
+                                for s in lp if all(s in b for b in bases) and not is_degenerate(lp[s])}
+            seeds = sorted(set(gap[hi]) & set(gap[lo]))
+            diffs = [gap[lo][s] - gap[hi][s] for s in seeds]
+            if diffs:
+                add("C3 gap grows with compression", task, lo,
+                    f"lpaf − best of svd/fwsvd: {100 * statistics.fmean(gap[hi][s] for s in seeds):+.1f} at {hi:g}, "
+                    f"{100 * statistics.fmean(gap[lo][s] for s in seeds):+.1f} at {lo:g}", diffs,
+                    "does not hold (lpaf is not ahead at the lower density)"
+                    if statistics.fmean(gap[lo][s] for s in seeds) <= 0 else verdict(diffs, "holds", "does not hold"))
     (d / "claims.json").write_text(json.dumps(out, indent=1) + "\n")
     (d / "claims.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

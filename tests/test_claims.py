@@ -1,0 +1,80 @@
+"""benchmarks/mini_claims.py: claims with paired-seed verdicts, failed (degenerate) runs left out."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _claims_module():
+    spec = importlib.util.spec_from_file_location("mini_claims", ROOT / "benchmarks" / "mini_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RUN_FIELDS = ["model", "task", "method", "label", "density", "seed", "dense", "headline", "dev_accuracy", "degenerate"]
+
+
+def _write_runs(d: Path, scores: dict[tuple[str, float], list[float]], degenerate: set = frozenset()) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+        w.writeheader()
+        for (method, density), per_seed in scores.items():
+            for seed, value in zip((1, 2, 3), per_seed):
+                w.writerow({"model": "m", "task": "sst2", "method": method, "label": method, "density": density,
+                            "seed": seed, "dense": method == "dense", "headline": value, "dev_accuracy": value,
+                            "degenerate": (method, seed) in degenerate})
+    with open(d / "rank_study.csv", "w", newline="") as f:
+        csv.writer(f).writerow(["model", "task", "seed", "label", "density", "avg_rank", "avg_effective_rank_99"])
+
+
+def _verdicts(d: Path) -> dict[str, dict]:
+    blob = json.loads((d / "claims.json").read_text())
+    return {c["claim"]: c for c in blob["claims"]}
+
+
+def test_paired_seeds_decide_the_verdict(tmp_path, monkeypatch):
+    mod = _claims_module()
+    scores = {
+        ("dense", 1.0): [0.90, 0.91, 0.89],
+        ("lpaf", 0.25): [0.80, 0.82, 0.78],  # seed-to-seed spread 2 points...
+        ("svd", 0.25): [0.78, 0.80, 0.76],  # ...but always exactly 2 points above svd: a real difference
+        ("fwsvd", 0.25): [0.81, 0.81, 0.79],  # +/- noise around lpaf
+        ("lpaf-no-mixed-rank", 0.25): [0.90, 0.90, 0.90],  # seed 1 failed (degenerate), dropped from the pairs
+    }
+    _write_runs(tmp_path, scores, degenerate={("lpaf-no-mixed-rank", 1)})
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    v = _verdicts(tmp_path)
+    assert v["C3 lpaf > svd"]["verdict"] == "holds"
+    assert v["C3 lpaf > svd"]["mean_points"] == pytest.approx(2.0) and v["C3 lpaf > svd"]["std_points"] == 0
+    assert v["C3 lpaf > fwsvd"]["verdict"] == "within noise"
+    c5 = v["C5 lpaf > lpaf − mixed-rank"]
+    assert c5["paired_differences_points"] == pytest.approx([-8.0, -12.0]) and c5["verdict"] == "within noise"
+    assert "1 of 3 seeds failed" in c5["text"]
+    md = (tmp_path / "claims.md").read_text()
+    assert "| C3 lpaf > svd | sst2 | 0.25 |" in md and "+2.0 ± 0.0 | 3 | holds |" in md
+
+
+def test_one_seed_gives_no_verdict(tmp_path, monkeypatch):
+    mod = _claims_module()
+    _write_runs(tmp_path, {("lpaf", 0.25): [0.80], ("svd", 0.25): [0.70]})
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    assert _verdicts(tmp_path)["C3 lpaf > svd"]["verdict"] == "1 seed: no verdict"
+
+
+def test_runs_without_the_flag_fall_back_to_the_majority_accuracy():
+    mod = _claims_module()
+    assert mod.is_degenerate({"task": "mrpc", "dev_accuracy": str(279 / 408), "degenerate": ""})
+    assert not mod.is_degenerate({"task": "mrpc", "dev_accuracy": "0.75", "degenerate": ""})
+    assert mod.is_degenerate({"task": "sst2", "dev_accuracy": "0.9", "degenerate": "True"})
