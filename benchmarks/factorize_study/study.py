@@ -49,6 +49,25 @@ def runs_for(density: str, teacher: str, pruned: str) -> dict[str, tuple[str, li
     return runs
 
 
+def fisher_runs(density: str, teacher: str, pruned: str | None, seed: int) -> dict[str, tuple[str, list[str]]]:
+    """Issue 14: FWSVD's two Fisher axes on the dense model, and the Fisher-weighted sparsity-aware
+    SVD (`lpaf + fisher`, both axes) beside plain sparsity-aware SVD of the pruned model, for one
+    Fisher-sampling seed (the Fisher batches are drawn with ``--seed``)."""
+    d = ["--density", density, "--seed", str(seed)]
+    runs = {f"fwsvd-{axis}-dense-d{density}-s{seed}": (teacher, ["--method", "fwsvd", "--fisher-axis", axis, *d])
+            for axis in ("out", "in")}
+    if pruned:
+        for axis in ("out", "in"):
+            runs[f"fisher-sa-{axis}-l0.5-pruned-d{density}-s{seed}"] = (
+                pruned, ["--method", "fisher-sparsity-aware", "--fisher-axis", axis, "--pruned-weight", "0.5", *d])
+        # seed-independent references (one run each: the name carries no seed)
+        runs[f"sa-mask-l0.5-pruned-d{density}"] = (
+            pruned, ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", "0.5", "--density", density])
+        runs[f"svd-pruned-d{density}"] = (pruned, ["--method", "svd", "--density", density])
+    runs[f"svd-dense-d{density}"] = (teacher, ["--method", "svd", "--density", density])
+    return runs
+
+
 def run_factorize(name: str, source: str, flags: list[str], args) -> Path:
     out = Path(args.work) / name
     if (out / "metrics.json").is_file():
@@ -107,6 +126,10 @@ def main() -> None:
     p.add_argument("--teacher", help="the dense fine-tuned model directory (required unless --table)")
     p.add_argument("--pruned", action="append", metavar="DENSITY=DIR",
                    help="a movement-pruned model directory at DENSITY (repeatable)")
+    p.add_argument("--set", choices=["paper", "fisher"], default="paper",
+                   help="paper: the λ sweep of issue 4; fisher: FWSVD axes and lpaf + fisher (issue 14)")
+    p.add_argument("--density", action="append", default=[], help="fisher set: densities without a pruned model")
+    p.add_argument("--seeds", type=int, nargs="*", default=[42], help="fisher set: Fisher-sampling seeds")
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--work", default=None, help="where the factorized models go (default /tmp/lpaf_factorize_study/TASK)")
     p.add_argument("--max-length", type=int, default=128)
@@ -120,8 +143,8 @@ def main() -> None:
     if args.table:
         print_table(HERE / f"results_{args.task}{args.results_tag}.json")
         return
-    if not args.teacher or not args.pruned:
-        p.error("--teacher and --pruned are required to run the study")
+    if not args.teacher or not (args.pruned or (args.set == "fisher" and args.density)):
+        p.error("--teacher and --pruned (or, with --set fisher, --density) are required to run the study")
     args.work = args.work or f"/tmp/lpaf_factorize_study/{args.task}{args.results_tag}"
     Path(args.work).mkdir(parents=True, exist_ok=True)
 
@@ -134,35 +157,45 @@ def main() -> None:
     teacher_record = json.loads((Path(args.teacher) / "metrics.json").read_text())
     results["dense"] = {"headline": teacher_record["headline"], "metrics": teacher_record["metrics"],
                         "teacher": args.teacher}
-    for spec in args.pruned:
+    plan: dict[str, tuple[str, str, list[str]]] = {}
+    for spec in args.pruned or []:
         density, pruned = spec.split("=", 1)
         pruned_record = json.loads((Path(pruned) / "metrics.json").read_text())
         results[f"movement-d{density}"] = {"headline": pruned_record["headline"], "metrics": pruned_record["metrics"],
-                                           "model": pruned, "method": pruned_record.get("method")}
-        for name, (source, flags) in runs_for(density, args.teacher, pruned).items():
-            if args.only and name not in args.only:
-                continue
-            if name in results and results[name].get("flags") == flags and results[name].get("source") == source:
-                continue
-            out = run_factorize(name, source, flags, args)
-            record = json.loads((out / "metrics.json").read_text())
-            summary = record["factorization"]["summary"]
-            results[name] = {
-                "source": source, "flags": flags, "density": float(density), "headline": record["headline"],
-                "metrics": record["metrics"], "retained_percent": record["retained_percent"],
-                "mean_rank": summary["mean_rank"], "relative_error": summary["mean_relative_error"],
-                "masked_relative_error": summary.get("mean_masked_relative_error"),
-                "weighted_relative_error": summary["mean_weighted_relative_error"],
-                "dense_relative_error": dense_error(out, teacher_weights),
-                "mean_iterations": summary["mean_iterations"], "solver_wall_time_s": record["solver_wall_time_s"],
-                "wall_time_s": record["wall_time_s"],
-            }
-            r = results[name]
-            masked = r["masked_relative_error"]
-            print(f"  {name}: {record['headline_metric']} {r['headline']:.4f} err {r['relative_error']:.3f} "
-                  f"masked {'-' if masked is None else f'{masked:.3f}'} vs-dense {r['dense_relative_error']:.3f}",
-                  flush=True)
-            results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                                           "model": pruned, "method": pruned_record.get("method"),
+                                           "magnitude_overlap": pruned_record.get("magnitude_overlap", {}).get("mean")}
+        if args.set == "paper":
+            plan |= {n: (density, *v) for n, v in runs_for(density, args.teacher, pruned).items()}
+        else:
+            for seed in args.seeds:
+                plan |= {n: (density, *v) for n, v in fisher_runs(density, args.teacher, pruned, seed).items()}
+    for density in args.density:
+        for seed in args.seeds:
+            plan |= {n: (density, *v) for n, v in fisher_runs(density, args.teacher, None, seed).items()}
+    for name, (density, source, flags) in plan.items():
+        if args.only and name not in args.only:
+            continue
+        if name in results and results[name].get("flags") == flags and results[name].get("source") == source:
+            continue
+        out = run_factorize(name, source, flags, args)
+        record = json.loads((out / "metrics.json").read_text())
+        summary = record["factorization"]["summary"]
+        results[name] = {
+            "source": source, "flags": flags, "density": float(density), "headline": record["headline"],
+            "metrics": record["metrics"], "retained_percent": record["retained_percent"],
+            "mean_rank": summary["mean_rank"], "relative_error": summary["mean_relative_error"],
+            "masked_relative_error": summary.get("mean_masked_relative_error"),
+            "weighted_relative_error": summary["mean_weighted_relative_error"],
+            "dense_relative_error": dense_error(out, teacher_weights),
+            "mean_iterations": summary["mean_iterations"], "solver_wall_time_s": record["solver_wall_time_s"],
+            "wall_time_s": record["wall_time_s"],
+        }
+        r = results[name]
+        masked = r["masked_relative_error"]
+        print(f"  {name}: {record['headline_metric']} {r['headline']:.4f} err {r['relative_error']:.3f} "
+              f"masked {'-' if masked is None else f'{masked:.3f}'} vs-dense {r['dense_relative_error']:.3f}",
+              flush=True)
+        results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
