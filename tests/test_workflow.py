@@ -203,14 +203,14 @@ def test_paper_config_plans_the_full_dag(tmp_path):
     assert (tasks, seeds, densities) == (9, 3, 3)
     res = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=CONFIGS["paper"])
     assert res.returncode == 0, res.stderr[-3000:]
-    # per (task, seed): 9 table rows at 3 densities + the 5-row lambda sweep at one density
+    # per (task, seed): 10 table rows (lpaf + fisher included) at 3 densities + the 5-row lambda sweep at one density
     expected = {
         "fetch_model": 1, "fetch_data": tasks,
         "finetune": ts,                                # one teacher per task and seed, shared by all rows
         "prune": ts * 2 * densities,                   # movement, magnitude: shared by 6 pruned rows
-        "factorize": ts * (5 * densities + 5),         # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd + sweep
-        "retrain": ts * (6 * densities + 5),           # 6 factorized rows + sweep
-        "evaluate": ts * (1 + 8 * densities + 5),      # every final model, dense included
+        "factorize": ts * (6 * densities + 5),  # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd, mov-fisher-sa + sweep
+        "retrain": ts * (7 * densities + 5),           # 7 factorized rows + sweep
+        "evaluate": ts * (1 + 9 * densities + 5),      # every final model, dense included
         "rank_study": 3 * seeds * (1 + 2 * densities),  # mrpc, rte, cola: teacher + pruned models
         "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "all": 1,
     }
@@ -222,8 +222,8 @@ def test_default_config_plans_all_rows_from_the_hub(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     assert counts["fetch_model"] == 1 and counts["fetch_data"] == 2
-    # dense + 10 rows (3 sparse references, 7 factorized) at 2 densities, on 2 tasks
-    assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 10 * 2)
+    # dense + 11 rows (3 sparse references, 8 factorized) at 2 densities, on 2 tasks
+    assert counts["finetune"] == 2 and counts["evaluate"] == 2 * (1 + 11 * 2)
 
 
 def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path):
@@ -234,16 +234,16 @@ def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path)
     method_rows = {"dense", "movement", "magnitude", "svd", "fwsvd", "magnitude+svd", "lpaf", "lpaf-no-sa-svd",
                    "lpaf-no-mixed-rank"}
     assert cfg["model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert set(cfg["methods"]) == method_rows | {"platon", "lpaf-movement"}
+    assert set(cfg["methods"]) == method_rows | {"platon", "lpaf-movement", "lpaf-fisher"}
     tasks, densities = len(cfg["tasks"]), len(cfg["densities"])
     res = snakemake(tmp_path, "-n", configfile=CONFIGS["mini"])
     assert res.returncode == 0, res.stderr[-3000:]
     hub = job_counts(res.stdout)
     assert hub["fetch_model"] == 1 and hub["fetch_data"] == tasks
     # prune: movement, magnitude, platon; factorize: svd and fwsvd of the dense model, svd of the
-    # magnitude-pruned, sa-svd and svd of the PLATON-pruned, sa-svd of the movement-pruned model
+    # magnitude-pruned, sa-svd, fisher-sa and svd of the PLATON-pruned, sa-svd of the movement-pruned model
     assert hub["finetune"] == tasks and hub["prune"] == tasks * 3 * densities
-    assert hub["factorize"] == tasks * 6 * densities and hub["retrain"] == tasks * 7 * densities
+    assert hub["factorize"] == tasks * 7 * densities and hub["retrain"] == tasks * 8 * densities
     script = (REPO / "benchmarks" / "mini_reproduction.sh").read_text()
     assert "--configfile config/mini.yaml" in script and 'model_path="$MODEL" data_dir="$DATA"' in script
     shared_model = SHARED / "models" / "all-MiniLM-L6-v2"
