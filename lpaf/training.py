@@ -248,6 +248,44 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+RESUME_KEY_FILE = "lpaf_resume_key.json"
+# Settings that do not change the trained weights: a resumed run may change them.
+_NOT_IN_RESUME_KEY = ("save_steps", "save_total_limit", "logging_steps", "eval_batch_size")
+
+
+def resume_key(train_args: TrainArgs, seed: int, precision: str, n_train: int, model: nn.Module,
+               with_teacher: bool) -> dict[str, Any]:
+    """What a checkpoint must have been written with to be resumed: the training settings, seed,
+    precision, number of training examples and the model's parameter shapes (hashed)."""
+    import hashlib
+
+    shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters())
+    settings = {k: v for k, v in asdict(train_args).items() if k not in _NOT_IN_RESUME_KEY}
+    return {"train_args": settings, "seed": seed, "precision": precision, "n_train_examples": n_train,
+            "teacher": with_teacher, "parameters": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
+
+
+def _check_resume_key(checkpoint_dir: Path, key: dict[str, Any], resuming: bool) -> None:
+    """Refuse to resume from checkpoints another command wrote (say which setting differs);
+    record the key when a run starts from scratch."""
+    import json
+
+    path = checkpoint_dir / RESUME_KEY_FILE
+    if resuming and path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        flat_saved = {**saved.get("train_args", {}), **{k: v for k, v in saved.items() if k != "train_args"}}
+        flat_now = {**key["train_args"], **{k: v for k, v in key.items() if k != "train_args"}}
+        differs = sorted(k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k))
+        if differs:
+            k = differs[0]
+            raise LpafError(f"{checkpoint_dir} holds checkpoints of a run with other settings ({k}: "
+                            f"{flat_saved.get(k)!r} then, {flat_now.get(k)!r} now); rerun the same command to resume, "
+                            f"or delete that directory to start over")
+        return
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, sort_keys=True, default=str), encoding="utf-8")
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -308,6 +346,8 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
                           distill_alpha=train_args.distill_alpha, temperature=train_args.temperature,
                           extra_loss=extra_loss, extra_param_groups=extra_param_groups)
     resume = last_checkpoint(checkpoint_dir)
+    _check_resume_key(checkpoint_dir, resume_key(train_args, seed, precision, len(train_dataset), model,
+                                                 teacher is not None), resuming=resume is not None)
     if resume is not None:
         step = int(resume.name.split("-")[1])
         log(f"lpaf: resuming from checkpoint {resume} (step {step})")

@@ -75,6 +75,28 @@ def test_resume_after_sigterm_matches_uninterrupted(tmp_path, glue_dir, monkeypa
         assert (a[k] - b[k]).abs().max().item() < 1e-5, k
 
 
+def test_resume_refuses_checkpoints_of_other_settings(tmp_path, glue_dir, monkeypatch, capsys):
+    """Checkpoints left by an interrupted run are not resumed by a command with other training
+    settings (here another --max-train-samples and --lr): one-line error, exit 2, nothing written;
+    the same command still resumes."""
+    model = make_tiny_model(tmp_path / "m")
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-length", 32,
+            "--batch-size", 8, "--epochs", 2, "--seed", 3, "--device", "cpu", "--save-steps", 4,
+            "--out", tmp_path / "cut"]
+    monkeypatch.setenv("LPAF_FAULT_SIGTERM_AT_STEP", "6")
+    assert _run(args) == 75
+    monkeypatch.delenv("LPAF_FAULT_SIGTERM_AT_STEP")
+    capsys.readouterr()
+    assert _run([*args, "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings (lr: 2e-05 then, 0.001 now)" in err, err
+    assert not (tmp_path / "cut").exists()
+    assert _run([*args, "--max-train-samples", "16"]) == 2
+    assert "n_train_examples" in capsys.readouterr().err
+    assert _run(args) == 0
+    assert "resuming from checkpoint" in capsys.readouterr().out
+
+
 def test_help_lists_stages(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
