@@ -30,7 +30,8 @@ from lpaf.tasks import TaskSpec
 
 GLUE_DIR_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
                   "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
-DATA_FORMAT_VERSION = "1"  # bump when tokenized features change shape/meaning (invalidates caches)
+DATA_FORMAT_VERSION = "2"  # bump when tokenized features change shape/meaning (invalidates caches)
+# 2: QA features' example_index is the example's index in the split (was: within its map batch)
 
 LAYOUTS_HELP = ("accepted layouts: a save_to_disk directory; GLUE TSVs (<dir>/[glue/]<GLUE name>/train.tsv, dev.tsv); "
                 "CoLA raw (<dir>/CoLA/cola_public_1.0/raw/in_domain_train.tsv); HF parquet "
@@ -340,8 +341,9 @@ def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: boo
     eval features carry ``example_id`` and ``offset_mapping`` for post-processing."""
     if task.is_qa:
         fn = _prepare_qa_train if is_train else _prepare_qa_eval
-        return ds.map(lambda b: fn(b, tokenizer, max_length, doc_stride), batched=True,
-                      remove_columns=ds.column_names, desc=None)
+        # with_indices: each window records its example's index in the split, not in its batch
+        return ds.map(lambda b, idx: fn(b, idx, tokenizer, max_length, doc_stride), batched=True,
+                      with_indices=True, remove_columns=ds.column_names, desc=None)
 
     def encode(batch):
         texts = [batch[f] for f in task.text_fields]
@@ -352,8 +354,20 @@ def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: boo
     return ds.map(encode, batched=True, remove_columns=ds.column_names)
 
 
-def _prepare_qa_train(examples, tokenizer, max_length: int, stride: int):
+def _check_stride(questions: list[str], tokenizer, max_length: int, stride: int) -> None:
+    """The tokenizer needs stride < max length − question − 3 special tokens for every question (it
+    panics otherwise): say so by flag, with the bound the longest question of the batch leaves."""
+    longest = max((len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]), default=0)
+    room = max_length - longest - 3
+    if stride >= room:
+        raise LpafError(f"--doc-stride {stride} does not fit a --max-length {max_length} window: a window holds "
+                        f"{max_length} tokens minus the question ({longest} tokens for the longest one) and 3 special "
+                        f"tokens, so the stride must be < {room}; lower --doc-stride or raise --max-length")
+
+
+def _prepare_qa_train(examples, indices, tokenizer, max_length: int, stride: int):
     questions = [q.lstrip() for q in examples["question"]]
+    _check_stride(questions, tokenizer, max_length, stride)
     enc = tokenizer(questions, examples["context"], truncation="only_second", max_length=max_length,
                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
                     padding="max_length")
@@ -364,7 +378,7 @@ def _prepare_qa_train(examples, tokenizer, max_length: int, stride: int):
     for i, offsets in enumerate(offsets_all):
         seq_ids = enc.sequence_ids(i)
         sample = sample_map[i]
-        enc["example_index"].append(sample)
+        enc["example_index"].append(indices[sample])
         answers = examples["answers"][sample]
         if not answers["answer_start"]:
             enc["start_positions"].append(cls_index)
@@ -389,8 +403,9 @@ def _prepare_qa_train(examples, tokenizer, max_length: int, stride: int):
     return enc
 
 
-def _prepare_qa_eval(examples, tokenizer, max_length: int, stride: int):
+def _prepare_qa_eval(examples, indices, tokenizer, max_length: int, stride: int):
     questions = [q.lstrip() for q in examples["question"]]
+    _check_stride(questions, tokenizer, max_length, stride)
     enc = tokenizer(questions, examples["context"], truncation="only_second", max_length=max_length,
                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
                     padding="max_length")
@@ -400,7 +415,7 @@ def _prepare_qa_eval(examples, tokenizer, max_length: int, stride: int):
         seq_ids = enc.sequence_ids(i)
         sample = sample_map[i]
         enc["example_id"].append(examples["id"][sample])
-        enc["example_index"].append(sample)
+        enc["example_index"].append(indices[sample])
         enc["offset_mapping"][i] = [o if seq_ids[k] == 1 else None for k, o in enumerate(enc["offset_mapping"][i])]
     return enc
 
@@ -442,7 +457,8 @@ def tokenize_cached(task: TaskSpec, raw: RawData, tokenizer, max_length: int, ca
 
 
 def select_examples(feats, n_examples: int | None, task: TaskSpec):
-    """The first ``n_examples`` examples (all their QA windows). Clamped to the dataset size."""
+    """The first ``n_examples`` examples (all their QA windows, found by ``example_index``, the
+    example's index in its split). Clamped to the dataset size."""
     if n_examples is None:
         return feats
     if task.is_qa:

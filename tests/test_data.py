@@ -210,6 +210,44 @@ def test_squad_windows_and_postprocessing_recover_gold(squad_dir, tiny_model, tm
     assert preds == {e["id"]: e["answers"]["text"][0] for e in examples}
 
 
+def test_squad_selection_spans_map_batches(tiny_model, tmp_path):
+    """max_*_samples on SQuAD keep exactly the first N examples and all their windows, also when the
+    split is tokenized in several 1,000-example map batches (example_index is global)."""
+    task = get_task("squad")
+    root = tmp_path / "many"
+    write_squad_json(root / "train-v1.1.json", n_articles=1250, seed=3)  # 2,500 questions
+    write_squad_json(root / "dev-v1.1.json", n_articles=2, seed=4)
+    raw = load_raw(task, str(root), ["train"])
+    assert len(raw.splits["train"]) == 2500
+    feats = tokenize_cached(task, raw, _tokenizer(tiny_model), 24, tmp_path / "cache", doc_stride=8)["train"]
+    index = np.asarray(feats["example_index"])
+    assert index.max() == 2499 and len(np.unique(index)) == 2500
+    for n in (10, 1200, 2500, 5000):
+        picked = np.asarray(select_examples(feats, n, task)["example_index"])
+        assert set(picked.tolist()) == set(range(min(n, 2500))), n
+        assert len(picked) == int((index < n).sum())
+
+
+def test_squad_stride_that_does_not_fit_the_window_is_one_line(squad_dir, tiny_model, tmp_path, capsys):
+    from lpaf.stages.common import DataArgs
+
+    with pytest.raises(LpafError, match=r"--doc-stride 128 must be smaller than --max-length 128"):
+        DataArgs(task="squad", max_length=128, doc_stride=128)
+    DataArgs(task="sst2", max_length=128, doc_stride=128)  # the stride only matters for QA
+    # a stride that fits the window but not a long question: the tokenizer's error, named by flag
+    task = get_task("squad")
+    raw = load_raw(task, str(squad_dir), ["validation"])
+    with pytest.raises(LpafError, match=r"--doc-stride 18 does not fit a --max-length 24 window"):
+        tokenize_cached(task, raw, _tokenizer(tiny_model), 24, tmp_path / "c", doc_stride=18)
+    from lpaf.cli import main
+
+    assert main(["evaluate", "--model", str(tiny_model), "--task", "squad", "--data", str(squad_dir),
+                 "--max-length", "128", "--out", str(tmp_path / "e.json"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--doc-stride 128" in err and "--max-length 128" in err
+    assert not (tmp_path / "e.json").exists()
+
+
 # ---------------------------------------------------------------- real data
 
 def _squash(text: str) -> str:

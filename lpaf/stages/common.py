@@ -39,6 +39,12 @@ class DataArgs:
             v = getattr(self, key)
             if v is not None and v < 1:
                 problems.append(f"--{key.replace('_', '-')} must be >= 1 (got {v})")
+        if self.doc_stride < 1:
+            problems.append(f"--doc-stride must be >= 1 (got {self.doc_stride})")
+        elif self.spec.is_qa and self.doc_stride >= self.max_length - 3:
+            problems.append(f"--doc-stride {self.doc_stride} must be smaller than --max-length {self.max_length} minus "
+                            f"the question and 3 special tokens (so < {self.max_length - 3}); e.g. --doc-stride "
+                            f"{max(1, (self.max_length - 3) // 3)} for this window")
         if problems:
             raise LpafError("; ".join(problems))
 
@@ -79,8 +85,7 @@ def load_task_data(data_args: DataArgs, tokenizer, with_train: bool = True) -> T
     n_train = None
     if with_train:
         train = select_examples(feats["train"], data_args.max_train_samples, task)
-        n_train = (min(data_args.max_train_samples or len(raw.splits["train"]), len(raw.splits["train"]))
-                   if task.is_qa else len(train))
+        n_train = len(set(train["example_index"])) if task.is_qa else len(train)
     evals, examples = {}, {}
     for split in task.dev_splits:
         evals[split] = select_examples(feats[split], data_args.max_eval_samples, task)
