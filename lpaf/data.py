@@ -473,8 +473,15 @@ def select_examples(feats, n_examples: int | None, task: TaskSpec):
 # --------------------------------------------------------------------------------------------
 
 def postprocess_qa(examples, features, start_logits: np.ndarray, end_logits: np.ndarray,
-                   n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
-    """Window logits -> answer text per example id (n-best over all windows of an example)."""
+                   n_best: int = 20, max_answer_length: int = 30, null_scores: dict[str, float] | None = None
+                   ) -> dict[str, str]:
+    """Window logits -> answer text per example id (n-best over all windows of an example).
+
+    The text is always the best non-null span. For SQuAD 2.0 pass a dict as ``null_scores``: it is
+    filled with each example's no-answer score difference, null − best span, where null is the
+    lowest start+end logit at [CLS] over the example's windows (as in transformers' run_qa); the
+    metric predicts "no answer" where it exceeds a threshold (lpaf.metrics.squad_v2_metrics).
+    """
     features_per_example = collections.defaultdict(list)
     for i, ex_id in enumerate(features["example_id"]):
         features_per_example[ex_id].append(i)
@@ -482,8 +489,10 @@ def postprocess_qa(examples, features, start_logits: np.ndarray, end_logits: np.
     predictions: dict[str, str] = {}
     for ex_id, context in zip(examples["id"], examples["context"]):
         best_score, best_text = -np.inf, ""
+        null_score = np.inf
         for fi in features_per_example.get(ex_id, []):
             s_log, e_log, offsets = start_logits[fi], end_logits[fi], offsets_all[fi]
+            null_score = min(null_score, float(s_log[0] + e_log[0]))  # [CLS] is position 0
             s_idx = np.argsort(s_log)[-1:-n_best - 1:-1]
             e_idx = np.argsort(e_log)[-1:-n_best - 1:-1]
             for s in s_idx:
@@ -496,4 +505,6 @@ def postprocess_qa(examples, features, start_logits: np.ndarray, end_logits: np.
                     if score > best_score:
                         best_score, best_text = score, context[offsets[s][0]:offsets[e][1]]
         predictions[ex_id] = best_text
+        if null_scores is not None:
+            null_scores[ex_id] = null_score - float(best_score) if np.isfinite(best_score) else np.inf
     return predictions

@@ -16,6 +16,7 @@ with no predicted and no true positives is 0.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import string
 import warnings
@@ -194,6 +195,66 @@ def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Seque
                        len(missing), len(references), missing[0])
     n = len(references)
     return {"exact_match": 100.0 * exact_total / n, "f1": 100.0 * f1_total / n}
+
+
+def _best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float], has_answer: Mapping[str, bool],
+                    na_scores: Mapping[str, float]) -> tuple[float, float]:
+    """The official SQuAD 2.0 ``find_best_thresh``: start with every question answered "no answer",
+    then switch questions to their span in increasing order of no-answer score, keeping the best
+    total. Returns (best score in percent, the no-answer score threshold that reaches it)."""
+    current = best = float(sum(not has_answer[q] for q in scores))
+    threshold = 0.0
+    for qid in sorted(scores, key=lambda q: na_scores[q]):
+        if has_answer[qid]:
+            current += scores[qid]
+        elif normalize_answer(predictions[qid]):
+            current -= 1.0
+        if current > best:
+            best, threshold = current, float(na_scores[qid])
+    return 100.0 * best / len(scores), threshold
+
+
+def squad_v2_metrics(span_predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                     na_scores: Mapping[str, float] | None = None, threshold: float = 0.0) -> dict[str, float]:
+    """The official SQuAD 2.0 evaluation, in percent.
+
+    ``span_predictions``: the best non-null span per question; ``na_scores``: its no-answer score
+    (higher = more likely unanswerable). A question is answered "" when its score exceeds
+    ``threshold``. Returns exact_match / f1 over all questions, the HasAns_* and NoAns_* splits
+    (with their totals), and, when ``na_scores`` is given, best_exact / best_f1 with the thresholds
+    that reach them (the official script's best-threshold sweep). Unanswerable questions: gold
+    answers that normalise to nothing (the hub's empty answer lists).
+    """
+    if not references:
+        raise ValueError("no reference questions to score")
+    golds = {q: [g for g in refs if normalize_answer(g)] for q, refs in references.items()}
+    has_answer = {q: bool(g) for q, g in golds.items()}
+    exact, f1s, spans = {}, {}, {}
+    for qid, gold in golds.items():
+        span = span_predictions.get(qid, "")
+        spans[qid] = span
+        unanswered = na_scores is not None and na_scores.get(qid, -math.inf) > threshold
+        final = "" if unanswered else span
+        gold = gold or [""]
+        exact[qid] = float(any(normalize_answer(final) == normalize_answer(g) for g in gold))
+        f1s[qid] = max(_token_f1(final, g, version_2=True) for g in gold)
+    has = [q for q in golds if has_answer[q]]
+    no = [q for q in golds if not has_answer[q]]
+
+    def mean(values, qids):
+        return 100.0 * sum(values[q] for q in qids) / len(qids) if qids else 0.0
+
+    out = {"exact_match": mean(exact, list(golds)), "f1": mean(f1s, list(golds)),
+           "HasAns_exact": mean(exact, has), "HasAns_f1": mean(f1s, has), "HasAns_total": float(len(has)),
+           "NoAns_exact": mean(exact, no), "NoAns_f1": mean(f1s, no), "NoAns_total": float(len(no))}
+    if na_scores is not None:
+        span_exact = {q: float(any(normalize_answer(spans[q]) == normalize_answer(g) for g in golds[q] or [""]))
+                      for q in golds}
+        span_f1 = {q: max(_token_f1(spans[q], g, version_2=True) for g in golds[q] or [""]) for q in golds}
+        na = {q: float(na_scores.get(q, math.inf)) for q in golds}
+        out["best_exact"], out["best_exact_thresh"] = _best_threshold(spans, span_exact, has_answer, na)
+        out["best_f1"], out["best_f1_thresh"] = _best_threshold(spans, span_f1, has_answer, na)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -278,3 +278,26 @@ def test_shared_layouts_found_from_data_root():
         assert len(raw.splits["validation"]) == n_dev
     raw = load_raw(get_task("qnli"), str(SHARED_DATA), ["validation"])
     assert raw.source.startswith("parquet") and len(raw.splits["validation"]) == 5463
+
+
+def test_squad_v2_evaluates_with_unanswerable_questions(tiny_model, tmp_path):
+    """squad_v2 scores (it used to raise 'has no gold answer'): the official v2 keys, both splits."""
+    import json
+
+    from lpaf.cli import main
+
+    root = tmp_path / "v2"
+    write_squad_json(root / "train-v2.0.json", n_articles=2, seed=5)
+    dev = write_squad_json(root / "dev-v2.0.json", n_articles=3, seed=6)
+    blob = json.loads(dev.read_text())
+    for article in blob["data"][:2]:  # make 4 of the 6 questions unanswerable
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                qa["answers"], qa["is_impossible"] = [], True
+    dev.write_text(json.dumps(blob))
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tiny_model), "--task", "squad_v2", "--data", str(root),
+                 "--max-length", "48", "--doc-stride", "16", "--out", str(out), "--device", "cpu"]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["HasAns_total"] == 2 and m["NoAns_total"] == 4
+    assert 0 <= m["f1"] <= 100 and m["best_f1"] >= m["f1"] - 1e-9

@@ -191,3 +191,40 @@ def test_prediction_spread_flags_collapsed_models():
     assert not prediction_spread(stsb, labels * 0.5, labels)["degenerate"]
     assert prediction_spread(squad, ["the"] * 100)["degenerate"]
     assert not prediction_spread(squad, [f"answer {i % 7}" for i in range(100)])["degenerate"]
+
+
+# --- SQuAD 2.0 ------------------------------------------------------------------------------------
+
+def _official_v2(preds: dict, refs: dict, na: dict, thresh: float) -> tuple[float, float]:
+    """Brute force: exact / F1 (percent) when questions with no-answer score > thresh answer ""."""
+    ex = f1 = 0.0
+    for q, golds in refs.items():
+        golds = [g for g in golds if metrics.normalize_answer(g)] or [""]
+        final = "" if na[q] > thresh else preds[q]
+        ex += float(any(metrics.normalize_answer(final) == metrics.normalize_answer(g) for g in golds))
+        f1 += max(metrics._token_f1(final, g, True) for g in golds)
+    return 100 * ex / len(refs), 100 * f1 / len(refs)
+
+
+def test_squad_v2_metrics_splits_and_best_threshold():
+    refs = {"a": ["Paris"], "b": ["the red car", "red car"], "c": [], "d": [""], "e": ["blue sky"]}
+    spans = {"a": "Paris", "b": "car", "c": "London", "d": "", "e": "grey sky"}
+    na = {"a": -3.0, "b": 1.0, "c": 2.0, "d": -1.0, "e": 0.5}
+    m = metrics.squad_v2_metrics(spans, refs, na, threshold=0.0)
+    # threshold 0: b, c, e answer "" -> a right, b wrong (gold has answer), c right, d right (span ""), e wrong
+    assert m["exact_match"] == pytest.approx(60.0)
+    assert m["HasAns_total"] == 3 and m["NoAns_total"] == 2
+    assert m["HasAns_exact"] == pytest.approx(100 / 3) and m["NoAns_exact"] == pytest.approx(100.0)
+    assert (m["exact_match"], m["f1"]) == pytest.approx(_official_v2(spans, refs, na, 0.0))
+    # the best threshold is the best of every cut between the sorted scores
+    cuts = [-10.0] + sorted(na.values())
+    best_exact = max(_official_v2(spans, refs, na, t)[0] for t in cuts)
+    best_f1 = max(_official_v2(spans, refs, na, t)[1] for t in cuts)
+    assert m["best_exact"] == pytest.approx(best_exact) and m["best_f1"] == pytest.approx(best_f1)
+    assert _official_v2(spans, refs, na, m["best_f1_thresh"])[1] == pytest.approx(best_f1)
+    assert m["best_f1"] > m["f1"]  # answering b ("car" vs "red car") at a higher threshold gains F1
+
+
+def test_squad_v2_without_no_answer_scores_scores_the_spans():
+    m = metrics.squad_v2_metrics({"a": "x", "b": ""}, {"a": ["x"], "b": []})
+    assert m["exact_match"] == 100.0 and "best_f1" not in m

@@ -251,7 +251,7 @@ def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int 
     (a constant predictor scoring the majority-class metric) shows as a failed run in the table.
     """
     from lpaf.data import postprocess_qa
-    from lpaf.metrics import compute_metrics, normalize_answer, prediction_spread, squad_metrics
+    from lpaf.metrics import compute_metrics, normalize_answer, prediction_spread, squad_metrics, squad_v2_metrics
 
     task = data.task
     was_training = model.training
@@ -261,9 +261,15 @@ def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int 
         out = predict(model, feats, data.collator, batch_size, device)
         if task.is_qa:
             examples = data.eval_examples[split]
-            preds = postprocess_qa(examples, feats, out["start_logits"], out["end_logits"])
             refs = {i: a["text"] for i, a in zip(examples["id"], examples["answers"])}
-            metrics = squad_metrics(preds, refs)
+            if task.name == "squad_v2":
+                na_scores: dict[str, float] = {}
+                preds = postprocess_qa(examples, feats, out["start_logits"], out["end_logits"], null_scores=na_scores)
+                metrics = squad_v2_metrics(preds, refs, na_scores)
+                preds = {q: ("" if na_scores[q] > 0 else p) for q, p in preds.items()}  # what was scored
+            else:
+                preds = postprocess_qa(examples, feats, out["start_logits"], out["end_logits"])
+                metrics = squad_metrics(preds, refs)
             spread[split] = prediction_spread(task, [normalize_answer(a) for a in preds.values()])
         else:
             labels = np.asarray(feats["labels"])
