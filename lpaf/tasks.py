@@ -20,7 +20,7 @@ class TaskSpec:
     metrics: tuple[str, ...]  # official dev metrics, in reporting order
     headline_metric: str  # the one metric used on figures
     dev_splits: tuple[str, ...] = ("validation",)
-    hub_path: str = "glue"
+    hub_path: str = "nyu-mll/glue"  # the current hub id (the bare "glue" alias is legacy)
     hub_config: str | None = None
     label_names: tuple[str, ...] = field(default_factory=tuple)
 

@@ -301,3 +301,13 @@ def test_squad_v2_evaluates_with_unanswerable_questions(tiny_model, tmp_path):
     m = json.loads(out.read_text())["metrics"]
     assert m["HasAns_total"] == 2 and m["NoAns_total"] == 4
     assert 0 <= m["f1"] <= 100 and m["best_f1"] >= m["f1"] - 1e-9
+
+
+def test_hub_ids_are_the_current_ones():
+    """GLUE lives at nyu-mll/glue on the hub (the bare "glue" id is a legacy alias), SQuAD at
+    rajpurkar/squad(_v2); every task names its config where the repository has several."""
+    for name, task in TASKS.items():
+        if task.is_qa:
+            assert task.hub_path == f"rajpurkar/{name}" and task.hub_config is None
+        else:
+            assert task.hub_path == "nyu-mll/glue" and task.hub_config == name
