@@ -8,3 +8,19 @@ def load_model(path: str, **kwargs):
     from lpaf.lowrank import load_model as _load
 
     return _load(path, **kwargs)
+
+
+def save_model(model, path: str, tokenizer=None):
+    """Save a dense, pruned or factorized model so that :func:`load_model` returns it exactly:
+    safetensors weights, and for a factorized model the rank section in config.json."""
+    from pathlib import Path
+
+    from lpaf.lowrank import lowrank_ranks, save_lowrank_model
+
+    if lowrank_ranks(model):
+        return save_lowrank_model(model, path, tokenizer)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return Path(path)

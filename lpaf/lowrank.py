@@ -371,18 +371,60 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
         has_weights = (path / WEIGHTS_FILE).is_file() or (path / f"{WEIGHTS_FILE}.index.json").is_file()
         if not has_weights:
             raise LpafError(f"{path} has no {WEIGHTS_FILE}; lpaf loads safetensors only, never pickled weights")
-        try:
-            model = auto_cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False, **kwargs)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise LpafError(f"cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        return model.eval()
-
-    ranks = _parse_ranks(config_dict[LOWRANK_CONFIG_KEY], config_path)
+        # A factorized model saved with plain save_pretrained has factors but no rank section:
+        # rebuild its low-rank modules from the factor shapes instead of loading random weights.
+        factor_ranks = _ranks_from_factor_shapes(path / WEIGHTS_FILE)
+        if not factor_ranks:
+            return _load_plain_checked(path, auto_cls, kwargs)
+        ranks, rank_source = factor_ranks, f"the factor shapes in {path / WEIGHTS_FILE}"
+    else:
+        ranks, rank_source = _parse_ranks(config_dict[LOWRANK_CONFIG_KEY], config_path), str(config_path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise LpafError(f"{config_path} is not a valid transformers config ({str(e).splitlines()[0]})") from None
     model = auto_cls.from_config(config, **kwargs)
-    install_lowrank_modules(model, ranks, source=str(config_path))
+    install_lowrank_modules(model, ranks, source=rank_source)
     _load_safetensors_strict(model, path / WEIGHTS_FILE)
+    return model.eval()
+
+
+def _ranks_from_factor_shapes(weights_path: Path) -> dict[str, int]:
+    """Module name -> rank for every ``<name>.A.weight`` / ``<name>.B.weight`` pair in a safetensors
+    file (rank = A's columns); empty for a dense file or a sharded checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    if not weights_path.is_file():
+        return {}
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise LpafError(f"{weights_path} is not a readable safetensors file ({e})") from None
+    ranks = {}
+    for key, shape in shapes.items():
+        if key.endswith(".A.weight") and len(shape) == 2:
+            name = key[: -len(".A.weight")]
+            b_shape = shapes.get(f"{name}.B.weight")
+            if b_shape is not None and len(b_shape) == 2 and b_shape[0] == shape[1]:
+                ranks[name] = int(shape[1])
+    return ranks
+
+
+def _load_plain_checked(path: Path, auto_cls, kwargs: dict[str, Any]) -> nn.Module:
+    """A plain checkpoint, refused when any encoder weight is missing or unexpected (transformers
+    would initialise it at random and only log a report)."""
+    try:
+        model, info = auto_cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                               output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise LpafError(f"cannot load {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    missing = sorted(k for k in info.get("missing_keys", []) if ".encoder." in k)
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if ".encoder." in k)
+    mismatched = [k for k, *_ in info.get("mismatched_keys", []) if ".encoder." in k]
+    if missing or unexpected or mismatched:
+        first = (missing or unexpected or mismatched)[0]
+        raise LpafError(f"{path / WEIGHTS_FILE} does not match its config's encoder ({len(missing)} weights missing, "
+                        f"{len(unexpected)} unexpected, {len(mismatched)} of another shape; first: {first}); "
+                        f"refusing to return a model with randomly initialised encoder weights")
     return model.eval()

@@ -344,3 +344,47 @@ def test_install_lowrank_modules_checks_ranks():
     model = tiny_model()
     with pytest.raises(LpafError, match=r"must be an integer in \[1, 32\]"):
         install_lowrank_modules(model, {"bert.encoder.layer.0.attention.self.query": 33})
+
+
+# --- saving and loading that cannot silently go wrong (issue 19) ---------------------------------
+
+@pytest.mark.parametrize("cls", [BertForSequenceClassification, BertForQuestionAnswering])
+def test_save_pretrained_of_a_factorized_model_reloads_its_factors(tmp_path, cls):
+    """Plain ``save_pretrained`` writes no rank section; load_model rebuilds the low-rank modules
+    from the factor shapes instead of returning a dense model with random encoder weights."""
+    import lpaf
+
+    model = factorize_model(tiny_model(cls), density=0.25).eval()
+    model.save_pretrained(tmp_path / "plain")
+    assert LOWRANK_CONFIG_KEY not in json.loads((tmp_path / "plain" / CONFIG_FILE).read_text())
+    reloaded = lpaf.load_model(str(tmp_path / "plain"))
+    assert all(isinstance(m, LowRankLinear) for m in find_encoder_linears(reloaded).values())
+    batch = inputs()
+    torch.testing.assert_close(output_tensor(reloaded, batch), output_tensor(model, batch))
+
+
+def test_save_model_round_trips_dense_and_factorized(tmp_path):
+    import lpaf
+
+    dense = tiny_model().eval()
+    lpaf.save_model(dense, str(tmp_path / "dense"))
+    factorized = factorize_model(tiny_model(seed=1), density=0.5).eval()
+    lpaf.save_model(factorized, str(tmp_path / "fact"))
+    assert LOWRANK_CONFIG_KEY in json.loads((tmp_path / "fact" / CONFIG_FILE).read_text())
+    batch = inputs()
+    for model, d in ((dense, "dense"), (factorized, "fact")):
+        torch.testing.assert_close(output_tensor(lpaf.load_model(str(tmp_path / d)), batch), output_tensor(model, batch))
+
+
+def test_missing_encoder_weights_are_an_error_not_random_weights(tmp_path):
+    """A checkpoint whose encoder weights do not match its config fails with one line."""
+    import safetensors.torch
+
+    import lpaf
+
+    tiny_model().save_pretrained(tmp_path / "m")
+    weights = safetensors.torch.load_file(str(tmp_path / "m" / WEIGHTS_FILE))
+    del weights["bert.encoder.layer.1.output.dense.weight"]
+    safetensors.torch.save_file(weights, str(tmp_path / "m" / WEIGHTS_FILE), metadata={"format": "pt"})
+    with pytest.raises(LpafError, match=r"1 weights missing, 0 unexpected.*bert.encoder.layer.1.output.dense.weight"):
+        lpaf.load_model(str(tmp_path / "m"))
