@@ -78,3 +78,38 @@ def test_runs_without_the_flag_fall_back_to_the_majority_accuracy():
     assert mod.is_degenerate({"task": "mrpc", "dev_accuracy": str(279 / 408), "degenerate": ""})
     assert not mod.is_degenerate({"task": "mrpc", "dev_accuracy": "0.75", "degenerate": ""})
     assert mod.is_degenerate({"task": "sst2", "dev_accuracy": "0.9", "degenerate": "True"})
+
+
+def _aggregate_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("mini_aggregate", ROOT / "benchmarks" / "mini_aggregate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_seeds_aggregate_into_one_table(tmp_path):
+    """Seeds committed separately (here the committed seed-42 runs and a shifted copy as seed 43)
+    aggregate into one table with n_seeds 2 and a sample std; a seed of another config is refused."""
+    import pandas as pd
+
+    mod = _aggregate_module()
+    runs = pd.read_csv(ROOT / "benchmarks" / "results" / "mini" / "runs.csv")
+    ranks = pd.read_csv(ROOT / "benchmarks" / "results" / "mini" / "rank_study.csv")
+    for seed, shift in ((42, 0.0), (43, 0.01)):
+        d = tmp_path / "seeds" / f"s{seed}"
+        d.mkdir(parents=True)
+        r = runs.assign(seed=seed, headline=runs["headline"] + shift, dev_accuracy=runs["dev_accuracy"] + shift)
+        r.to_csv(d / "runs.csv", index=False)
+        ranks.assign(seed=seed).to_csv(d / "rank_study.csv", index=False)
+        (d / "run_info.json").write_text(json.dumps({"config_digest": "abc", "commit": f"c{seed}"}))
+    info = mod.aggregate(tmp_path)
+    assert info["seeds"] == [42, 43] and info["min_n_seeds"] == 2
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert (table["n_seeds"] == 2).all() and "magnitude_overlap" in table and "n_degenerate" in table
+    sst2 = table[(table["task"] == "sst2") & (table["method"] == "lpaf") & (table["density"] == 0.25)].iloc[0]
+    assert sst2["headline_std"] == pytest.approx(0.01 / 2 ** 0.5, rel=1e-3)
+    assert "± " in (tmp_path / "table.md").read_text()
+    (tmp_path / "seeds" / "s43" / "run_info.json").write_text(json.dumps({"config_digest": "other"}))
+    with pytest.raises(SystemExit, match="different config files"):
+        mod.aggregate(tmp_path)
