@@ -35,20 +35,26 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SHARED = ROOT.parent / "shared"
 
-# variant -> `lpaf retrain` flags (besides the common ones in `base_flags`)
+# variant -> `lpaf retrain` flags (besides the common ones in `base_flags`). The "mixed-*" variants
+# of sessions 2-4 ran the same number of steps as plain (--factor-budget steps, then the only
+# behaviour); "mixed-matched-*" gives the factors plain's learning-rate integral (the default since
+# issue 14, docs/METHOD.md "Fair budgets").
+STEPS = ["--factor-budget", "steps"]
 VARIANTS: dict[str, list[str]] = {
+    "mixed-matched-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--factor-budget", "matched"],
+    "mixed-matched-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--factor-budget", "matched"],
     "plain-e1": ["--scheme", "plain", "--epochs", "1"],
-    "mixed-e1": ["--scheme", "mixed-rank", "--epochs", "1"],
-    "mixed-p0.5-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5"],
-    "mixed-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--anneal-fraction", "0.2"],
-    "mixed-p0.5-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5", "--anneal-fraction", "0.2"],
-    "mixed-trainable-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--trainable-source"],
+    "mixed-e1": ["--scheme", "mixed-rank", "--epochs", "1", *STEPS],
+    "mixed-p0.5-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5", *STEPS],
+    "mixed-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--anneal-fraction", "0.2", *STEPS],
+    "mixed-p0.5-a0.2-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--p0", "0.5", "--anneal-fraction", "0.2", *STEPS],
+    "mixed-trainable-e1": ["--scheme", "mixed-rank", "--epochs", "1", "--trainable-source", *STEPS],
     "ranksamp-e1": ["--scheme", "rank-sampling", "--epochs", "1"],
     "ranksamp-p0.5-e1": ["--scheme", "rank-sampling", "--epochs", "1", "--p0", "0.5"],
     "plain-e3": ["--scheme", "plain", "--epochs", "3"],
-    "mixed-e3": ["--scheme", "mixed-rank", "--epochs", "3"],
-    "mixed-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--anneal-fraction", "0.2"],
-    "mixed-p0.5-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--p0", "0.5", "--anneal-fraction", "0.2"],
+    "mixed-e3": ["--scheme", "mixed-rank", "--epochs", "3", *STEPS],
+    "mixed-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--anneal-fraction", "0.2", *STEPS],
+    "mixed-p0.5-a0.2-e3": ["--scheme", "mixed-rank", "--epochs", "3", "--p0", "0.5", "--anneal-fraction", "0.2", *STEPS],
 }
 
 
@@ -89,7 +95,7 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
             raise SystemExit(f"{variant} seed {seed} failed with exit code {rc}; see {log}")
     m = json.loads((out / "metrics.json").read_text())
     train = m["train"]
-    key = "f1" if "f1" in m["metrics"] else "accuracy"  # the headline: MRPC F1, SST-2 accuracy
+    key = m.get("headline_metric") or ("f1" if "f1" in m["metrics"] else "accuracy")  # MRPC F1, CoLA MCC, SST-2 acc
     return {
         "variant": variant, "seed": seed, "metric": key, "accuracy": m["metrics"][key],
         "best_accuracy": (m["best_eval"] or {}).get(key), "best_step": (m["best_eval"] or {}).get("step"),
@@ -99,6 +105,8 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
         "step_time_by_phase": train.get("step_time_by_phase"),
         "expanded_fraction_overall": (m.get("schedule") or {}).get("expanded_fraction_overall"),
         "encoder_linear_params": m["params"]["encoder_linear"],
+        "degenerate": (m.get("predictions") or {}).get("degenerate"),
+        "factor_budget": m.get("factor_budget"),
     }
 
 
