@@ -36,6 +36,8 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                 "re-train a factorized model (plain or mixed-rank)"),
     "rank-study": ("lpaf.stages.rank_study", "RankStudyArgs", (), {},
                    "matrix rank / effective rank / spectrum of every encoder linear"),
+    "export": ("lpaf.stages.export", "ExportArgs", (), {},
+               "write a dense, pruned or factorized model as ONNX (factorized layers stay two thin products)"),
 }
 SHARED = {"DataArgs": "lpaf.stages.common", "RunArgs": "lpaf.stages.common", "TrainArgs": "lpaf.training"}
 

@@ -1,0 +1,64 @@
+"""``lpaf export``: a dense, pruned or factorized model directory -> one ONNX file.
+
+Writes ``--out`` (atomically) and ``<out>.json``: the model, the head's outputs, the opset, the
+number of factor matrices kept as thin products in the graph, and the ONNX Runtime parity
+(max |Δ| against PyTorch in fp32 on inputs of two lengths; the export fails above ``--tolerance``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lpaf.errors import LpafError
+
+
+@dataclass
+class ExportArgs:
+    model: str = field(metadata={"help": "model directory: an lpaf artifact (dense, pruned, factorized) or any "
+                                         "BERT-family classification / QA checkpoint"})
+    out: str = field(metadata={"help": "output file (.onnx)"})
+    format: Literal["onnx"] = field(default="onnx", metadata={"help": "export format"})
+    opset: int = field(default=18, metadata={"help": "ONNX opset version"})
+    tolerance: float = field(default=1e-4, metadata={"help": "largest accepted max |ONNX - PyTorch| (fp32)"})
+
+    def __post_init__(self):
+        problems = []
+        if not str(self.out).endswith(".onnx"):
+            problems.append(f"--out must name a .onnx file (got {self.out})")
+        if not 13 <= self.opset <= 23:
+            problems.append(f"--opset must be in [13, 23] (got {self.opset})")
+        if not self.tolerance > 0:
+            problems.append(f"--tolerance must be > 0 (got {self.tolerance})")
+        if problems:
+            raise LpafError("; ".join(problems))
+
+
+def run(args: ExportArgs) -> dict:
+    import torch
+
+    from lpaf import load_model
+    from lpaf.export import atomic_export, example_inputs, factor_shapes_in_graph, head_outputs, onnx_parity
+
+    model = load_model(args.model)
+    head_outputs(model)  # unsupported heads fail here, before any file is written
+    torch.manual_seed(0)
+    out = Path(args.out)
+    summary = atomic_export(model, out, args.opset)
+    try:
+        parity = max(onnx_parity(model, out, example_inputs(model, batch=b, length=n, seed=n))
+                     for b, n in ((1, 8), (3, 37)))
+        if not parity <= args.tolerance:
+            raise LpafError(f"the exported graph differs from PyTorch by {parity:.3g} (> --tolerance "
+                            f"{args.tolerance}); not keeping {out}")
+        record = {"model": args.model, "architecture": type(model).__name__, **summary,
+                  "parity_max_abs_diff": parity, **factor_shapes_in_graph(out, model)}
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    Path(f"{out}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"lpaf export: {out} ({record['bytes'] / 1e6:.1f} MB), max |ONNX - PyTorch| {parity:.2e}, "
+          f"{record['factor_matrices_in_graph']}/{record['factor_matrices']} factor matrices kept thin")
+    return record
