@@ -24,6 +24,7 @@ the objective provably never increases). Two solvers share one result type:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -871,10 +872,7 @@ def factorize_matrices(
                 weighted_relative_error(w, A, B, method_weights[name]),
                 res.iterations[0], res.converged[0], res.objectives[0])
         return out
-    factorizer = FACTORIZERS[method]
-    if method == "fwsvd":
-        def factorizer(w, extra, rank):  # noqa: E306 - the axis is a setting of the whole run
-            return fwsvd(w, extra, rank, axis=fisher_axis)
+    factorizer = functools.partial(fwsvd, axis=fisher_axis) if method == "fwsvd" else FACTORIZERS[method]
     out = {}
     for name, w in weights.items():
         extra = None if method_weights is None else method_weights[name]

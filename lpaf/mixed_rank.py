@@ -100,7 +100,7 @@ class AnnealSchedule:
 # The factors' learning-rate budget
 # --------------------------------------------------------------------------------------------
 
-def linear_lr_multipliers(total_steps: int, warmup_ratio: float) -> "np.ndarray":
+def linear_lr_multipliers(total_steps: int, warmup_ratio: float):
     """The Trainer's linear schedule with warm-up, as multipliers of the peak lr for steps 0..T-1
     (transformers' ``get_linear_schedule_with_warmup`` with ``ceil(ratio * T)`` warm-up steps)."""
     import numpy as np

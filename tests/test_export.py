@@ -77,3 +77,53 @@ def test_unsupported_model_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists() and not Path(f"{out}.json").exists()
     assert main(["export", "--model", str(tmp_path / "base"), "--out", str(tmp_path / "x.txt")]) == 2
     assert "--out must name a .onnx file" in capsys.readouterr().err
+
+
+def test_hugging_face_pipeline_runs_a_factorized_model(tmp_path):
+    """transformers.pipeline takes lpaf.load_model(d) and the directory's tokenizer, and gives the
+    same scores as the model it was saved from. (transformers 5 removed the question-answering
+    pipeline; QA models are scored with `lpaf evaluate` and exported with `lpaf export`.)"""
+    qa = False
+    import shutil
+
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, pipeline
+
+    from conftest import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "src", qa=qa)
+    cls = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
+    model = _factorize(cls.from_pretrained(src).eval(), rank=8)
+    d = tmp_path / "fact"
+    lpaf.save_model(model, str(d))
+    for f in src.iterdir():
+        if f.name.startswith(("vocab", "tokenizer", "special_tokens")):
+            shutil.copy2(f, d / f.name)
+    loaded = lpaf.load_model(str(d))
+    if qa:
+        pipe = pipeline("question-answering", model=loaded, tokenizer=str(d))
+        out = pipe(question="what is the capital city ?", context="the capital city is paris . it is big .")
+        assert set(out) >= {"answer", "score", "start", "end"} and 0.0 <= out["score"] <= 1.0
+    else:
+        pipe = pipeline("text-classification", model=loaded, tokenizer=str(d), top_k=None)
+        scores = {r["label"]: r["score"] for r in pipe("a good film")[0]}
+        from transformers import AutoTokenizer
+
+        enc = AutoTokenizer.from_pretrained(str(d))("a good film", return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**enc).logits.softmax(-1)[0]
+        assert sorted(scores.values()) == pytest.approx(sorted(probs.tolist()), abs=1e-5)
+
+
+def test_every_stage_artifact_carries_a_model_card():
+    from lpaf.model_card import model_card
+
+    record = {"stage": "retrain", "task": "sst2", "split": ["validation"], "method": "retrain-mixed-rank",
+              "scheme": "mixed-rank", "density": 0.25, "source": {"model": "runs/fact", "method": "sparsity-aware",
+                                                                    "density": 0.25},
+              "params": {"total": 100, "encoder_linear": 40}, "retained_percent_nonzero": 24.8,
+              "metrics": {"accuracy": 0.8}, "seed": 3, "magnitude_overlap": {"mean": 0.42},
+              "predictions": {"degenerate": True}, "best_eval": {"step": 10, "accuracy": 0.81}}
+    card = model_card(record)
+    for text in ("re-train: mixed-rank", "density 0.25", "accuracy 0.8000", "step 10", "0.420", "degenerate",
+                 "lpaf.load_model", "**Seed:** 3"):
+        assert text in card, text

@@ -124,6 +124,8 @@ def test_mixed_rank_metrics_record(assets, mixed_run):
     assert phases["anneal_steps_timed"] == 3 and phases["after_anneal_steps_timed"] == 4
     assert m["wall_time_s"] > 0 and m["modules_detached"] == 12
     assert isinstance(m["predictions"]["degenerate"], bool)
+    card = (mixed_run / "README.md").read_text()  # the model card beside the weights
+    assert "re-train: mixed-rank" in card and "lpaf.load_model" in card and f"**Seed:** {m['seed']}" in card
 
 
 def test_saved_model_reloads_to_the_evaluated_metrics(assets, mixed_run, tmp_path):

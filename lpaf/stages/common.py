@@ -334,6 +334,14 @@ def stage_metrics(stage: str, task: TaskSpec, metrics: dict[str, float], model: 
     }
 
 
+def write_completion(directory: Path, record: dict[str, Any]) -> None:
+    """The model card (README.md), then metrics.json: the completion record, always written last."""
+    from lpaf.model_card import model_card
+
+    (directory / "README.md").write_text(model_card(record), encoding="utf-8")
+    write_json(directory / METRICS_FILE, record)
+
+
 def save_model_dir(directory: Path, model: nn.Module, tokenizer) -> None:
     """A plain transformers checkpoint (safetensors) + tokenizer, loadable with from_pretrained."""
     model.save_pretrained(directory, safe_serialization=True)

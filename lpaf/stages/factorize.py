@@ -19,7 +19,7 @@ from torch import nn
 from lpaf.errors import LpafError
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, evaluate_with_predictions,
                                 load_model, load_task_data, load_tokenizer, now, prepare_output,
-                                pruning_diagnostics_of, seed_everything, stage_metrics, write_json, METRICS_FILE)
+                                pruning_diagnostics_of, seed_everything, stage_metrics, write_completion)
 from lpaf.training import resolve_device
 
 MASKS_FILE = "masks.safetensors"
@@ -198,7 +198,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     with atomic_output_dir(out) as tmp:
         save_lowrank_model(model, tmp, tokenizer)
         save_file({n: w.contiguous() for n, w in source.items()}, str(tmp / SOURCE_FILE))
-        write_json(tmp / METRICS_FILE, record)
+        write_completion(tmp, record)  # README.md, then metrics.json last
     return record
 
 

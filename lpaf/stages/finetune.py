@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
                                 evaluate_with_predictions, load_model, load_task_data, load_tokenizer, now,
-                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_json,
-                                METRICS_FILE)
+                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_completion)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 
@@ -38,7 +37,7 @@ def run(args: FinetuneArgs, data_args: DataArgs, run_args: RunArgs, train_args: 
                            predictions=predictions)
     with atomic_output_dir(out) as tmp:
         save_model_dir(tmp, model.cpu(), tokenizer)
-        write_json(tmp / METRICS_FILE, record)  # last: the completion record
+        write_completion(tmp, record)  # README.md, then metrics.json last
     _cleanup_checkpoints(out)
     return record
 

@@ -19,8 +19,7 @@ from lpaf.errors import LpafError
 from lpaf.pruning import PruneMethod, Pruner, PruneScope, PruningCallback, ScoreInit, check_settings
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
                                 evaluate_with_predictions, load_model, load_task_data, load_tokenizer, now,
-                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_json,
-                                METRICS_FILE)
+                                prepare_output, save_model_dir, seed_everything, stage_metrics, write_completion, METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 MASKS_FILE = "masks.safetensors"
@@ -110,7 +109,7 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
         save_model_dir(tmp, model.cpu(), tokenizer)
         _save_tensors(tmp / MASKS_FILE, masks, args)
         _save_tensors(tmp / SCORES_FILE, scores, args)
-        write_json(tmp / METRICS_FILE, record)  # last: the completion record
+        write_completion(tmp, record)  # README.md, then metrics.json last
     _cleanup_checkpoints(out)
     return record
 

@@ -24,7 +24,7 @@ from lpaf.mixed_rank import SOURCE_WEIGHTS_FILE, AnnealSchedule
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
                                 evaluate_with_predictions, is_lowrank_dir, load_model, load_task_data, load_tokenizer,
                                 now, prepare_output, pruning_diagnostics_of, seed_everything, stage_metrics,
-                                write_json, METRICS_FILE)
+                                write_completion, METRICS_FILE)
 from lpaf.training import TrainArgs, resolve_device, train_model
 
 RetrainScheme = Literal["plain", "mixed-rank", "rank-sampling"]
@@ -206,7 +206,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
                            now() - t0, data, **extra)
     with atomic_output_dir(out) as tmp:
         save_lowrank_model(model.cpu(), tmp, tokenizer)
-        write_json(tmp / METRICS_FILE, record)  # last: the completion record
+        write_completion(tmp, record)  # README.md, then metrics.json last
     _cleanup_checkpoints(out)
     return record
 
