@@ -295,13 +295,17 @@ def _write_csv(df, path: str | Path) -> None:
 
 def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: str | Path | None = None,
                 runs_path: str | Path | None = None, rank_rows: Sequence[dict[str, Any]] = (),
-                rank_path: str | Path | None = None):
-    """Read every run, write table.csv (+ table.md, runs.csv, rank_study.csv); return the table."""
+                rank_path: str | Path | None = None, tex_path: str | Path | None = None):
+    """Read every run, write table.csv (+ table.md, table.tex, runs.csv, rank_study.csv); return the table."""
     runs = load_runs(rows)
     table = aggregate(runs)
     _write_csv(table, csv_path)
     if md_path is not None:
         _atomic_write_text(md_path, markdown_table(table, runs))
+    if tex_path is not None:
+        from lpaf.table_tex import latex_table
+
+        _atomic_write_text(tex_path, latex_table(table))
     if runs_path is not None:
         _write_csv(runs.drop(columns=["metric_keys"]), runs_path)
     if rank_path is not None:
@@ -426,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "table":
             rows = _read_json_list(args.rows)
             out = Path(args.out)
-            write_table(rows, out / "table.csv", out / "table.md", out / "runs.csv")
+            write_table(rows, out / "table.csv", out / "table.md", out / "runs.csv", tex_path=out / "table.tex")
         elif args.kind == "speedup":
             speedup_figure(args.table, args.out)
         else:

@@ -205,3 +205,18 @@ def test_magnitude_overlap_and_degenerate_runs_reach_the_table(runs_dir, tmp_pat
     svd_line = next(line for line in md.splitlines() if line.startswith("| svd |"))
     assert "0.60" in svd_line and "†1" in svd_line
     assert "†" not in next(line for line in md.splitlines() if line.startswith("| dense |"))
+
+
+def test_latex_table_booktabs_bold_best_and_glue_average(runs_dir, tmp_path):
+    _, rows = runs_dir
+    write_table(rows, tmp_path / "t.csv", tex_path=tmp_path / "table.tex")
+    tex = (tmp_path / "table.tex").read_text()
+    for text in ("\\toprule", "\\midrule", "\\bottomrule", "MRPC F1/acc", "RTE", "GLUE avg", "Speed-up"):
+        assert text in tex, text
+    svd = next(line for line in tex.splitlines() if line.startswith("svd &"))
+    dense = next(line for line in tex.splitlines() if line.startswith("dense &"))
+    # svd, MRPC F1 mean 80.0 ± 2.0 (the only compressed row: bold); GLUE avg = mean of MRPC's (F1+acc)/2 and RTE
+    assert "\\textbf{80.0}{\\scriptsize$\\pm$2.0}" in svd
+    assert f"{((80.0 + 70.0) / 2 + 60.0) / 2:.1f}" in svd
+    assert "\\textbf" not in dense and "90.0" in dense  # the dense row is a reference, never bold
+    assert "$\\times$" in svd

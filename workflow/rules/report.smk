@@ -10,6 +10,7 @@ rule table:
     output:
         csv=report(f"{RESULTS}/table.csv", caption="../report/table.rst", category="Table"),
         md=f"{RESULTS}/table.md",
+        tex=f"{RESULTS}/table.tex",
         runs=f"{RESULTS}/runs.csv",
         ranks=f"{RESULTS}/rank_study.csv",
     log:

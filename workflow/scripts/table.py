@@ -14,6 +14,7 @@ write_table(
     snakemake.params.rows,  # noqa: F821
     snakemake.output.csv,  # noqa: F821
     md_path=snakemake.output.md,  # noqa: F821
+    tex_path=snakemake.output.tex,  # noqa: F821
     runs_path=snakemake.output.runs,  # noqa: F821
     rank_rows=snakemake.params.rank_rows,  # noqa: F821
     rank_path=snakemake.output.ranks,  # noqa: F821
