@@ -36,9 +36,14 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                 "re-train a factorized model (plain or mixed-rank)"),
     "rank-study": ("lpaf.stages.rank_study", "RankStudyArgs", (), {},
                    "matrix rank / effective rank / spectrum of every encoder linear"),
+    "plan": ("lpaf.stages.plan", "PlanArgs", (), {},
+             "jobs, optimizer steps and device-hours of a workflow config, before launch"),
+    "calibrate": ("lpaf.stages.plan", "CalibrateArgs", (), {},
+                  "time a few steps of every stage on this device (the calibration `lpaf plan` reads)"),
     "export": ("lpaf.stages.export", "ExportArgs", (), {},
                "write a dense, pruned or factorized model as ONNX (factorized layers stay two thin products)"),
 }
+RUNNERS = {"plan": "run_plan", "calibrate": "run_calibrate"}  # stages whose module holds more than one command
 SHARED = {"DataArgs": "lpaf.stages.common", "RunArgs": "lpaf.stages.common", "TrainArgs": "lpaf.training"}
 
 
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         module, cls_name, shared, _, _ = STAGES[ns.stage]
         objs = [_construct(_load(module, cls_name), ns)] + [_construct(_load(SHARED[s], s), ns) for s in shared]
-        _load(module, "run")(*objs)
+        _load(module, RUNNERS.get(ns.stage, "run"))(*objs)
     except LpafError as e:
         sys.stderr.write(f"lpaf: error: {e}\n")
         return LpafError.exit_code
