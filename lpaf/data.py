@@ -335,7 +335,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: bool, doc_stride: int = 128):
+def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: bool, doc_stride: int = 128,
+                   num_proc: int | None = None):
     """Examples -> model features. Classification/regression: one feature per example (no padding;
     the collator pads per batch). QA: sliding windows; train features carry start/end positions,
     eval features carry ``example_id`` and ``offset_mapping`` for post-processing."""
@@ -343,7 +344,7 @@ def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: boo
         fn = _prepare_qa_train if is_train else _prepare_qa_eval
         # with_indices: each window records its example's index in the split, not in its batch
         return ds.map(lambda b, idx: fn(b, idx, tokenizer, max_length, doc_stride), batched=True,
-                      with_indices=True, remove_columns=ds.column_names, desc=None)
+                      with_indices=True, remove_columns=ds.column_names, desc=None, num_proc=num_proc)
 
     def encode(batch):
         texts = [batch[f] for f in task.text_fields]
@@ -351,7 +352,7 @@ def tokenize_split(task: TaskSpec, ds, tokenizer, max_length: int, is_train: boo
         enc["labels"] = batch["label"]
         return enc
 
-    return ds.map(encode, batched=True, remove_columns=ds.column_names)
+    return ds.map(encode, batched=True, remove_columns=ds.column_names, num_proc=num_proc)
 
 
 def _check_stride(questions: list[str], tokenizer, max_length: int, stride: int) -> None:
@@ -421,7 +422,7 @@ def _prepare_qa_eval(examples, indices, tokenizer, max_length: int, stride: int)
 
 
 def tokenize_cached(task: TaskSpec, raw: RawData, tokenizer, max_length: int, cache_dir: str | Path | None,
-                    doc_stride: int = 128) -> dict[str, Any]:
+                    doc_stride: int = 128, num_proc: int | None = None) -> dict[str, Any]:
     """Tokenized features per split, cached on disk keyed by (task, data, tokenizer, max length).
 
     Every stage calls this; the first one tokenizes and saves, the others load. The cache entry is
@@ -443,7 +444,7 @@ def tokenize_cached(task: TaskSpec, raw: RawData, tokenizer, max_length: int, ca
                 continue
             except (OSError, ValueError, json.JSONDecodeError):
                 shutil.rmtree(entry, ignore_errors=True)  # corrupt entry: rebuild it
-        feats = tokenize_split(task, ds, tokenizer, max_length, is_train, doc_stride)
+        feats = tokenize_split(task, ds, tokenizer, max_length, is_train, doc_stride, num_proc)
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.parent / f".{entry.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -57,9 +57,18 @@ class TrainArgs:
     logging_steps: int = field(default=50, metadata={"help": "log the loss every N steps"})
     distill_alpha: float = field(default=0.0, metadata={"help": "weight of the distillation term (0 = off)"})
     temperature: float = field(default=2.0, metadata={"help": "distillation temperature"})
+    dataloader_num_workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes (0: load batches in the training process)"})
+    report_to: Literal["none", "tensorboard"] = field(default="none", metadata={
+        "help": "where the Trainer logs loss and learning rate while it runs (tensorboard: pip install -e "
+                "\".[tensorboard]\")"})
+    logging_dir: str | None = field(default=None, metadata={
+        "help": "TensorBoard log directory (default: <out>.tensorboard beside the output)"})
 
     def __post_init__(self):
         problems = []
+        if self.dataloader_num_workers < 0:
+            problems.append(f"--dataloader-num-workers must be >= 0 (got {self.dataloader_num_workers})")
         if not self.epochs > 0 and self.max_steps <= 0:
             problems.append(f"--epochs must be > 0 (got {self.epochs})")
         if not self.lr > 0:
@@ -250,7 +259,8 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 RESUME_KEY_FILE = "lpaf_resume_key.json"
 # Settings that do not change the trained weights: a resumed run may change them.
-_NOT_IN_RESUME_KEY = ("save_steps", "save_total_limit", "logging_steps", "eval_batch_size")
+_NOT_IN_RESUME_KEY = ("save_steps", "save_total_limit", "logging_steps", "eval_batch_size", "dataloader_num_workers",
+                      "report_to", "logging_dir")
 
 
 def resume_key(train_args: TrainArgs, seed: int, precision: str, n_train: int, model: nn.Module,
@@ -284,6 +294,26 @@ def _check_resume_key(checkpoint_dir: Path, key: dict[str, Any], resuming: bool)
         return
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(key, sort_keys=True, default=str), encoding="utf-8")
+
+
+def _report_to(train_args: TrainArgs, checkpoint_dir: Path) -> list[str]:
+    if train_args.report_to == "none":
+        return []
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise LpafError("--report-to tensorboard needs the tensorboard extra: pip install -e \".[tensorboard]\"") from None
+    return [train_args.report_to]
+
+
+def _logging_dir(train_args: TrainArgs, checkpoint_dir: Path) -> str | None:
+    """TensorBoard logs beside the output, not in the checkpoint directory (deleted at the end)."""
+    if train_args.report_to == "none":
+        return None
+    if train_args.logging_dir:
+        return train_args.logging_dir
+    name = checkpoint_dir.name.removeprefix(".").removesuffix(".checkpoints")
+    return str(checkpoint_dir.parent / f"{name}.tensorboard")
 
 
 def resolve_device(device: str) -> str:
@@ -329,9 +359,9 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         use_cpu=device == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        report_to=[],
+        report_to=_report_to(train_args, checkpoint_dir),
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=train_args.dataloader_num_workers,
         remove_unused_columns=False,
     )
     timer = StepTimer()
@@ -341,6 +371,9 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     all_callbacks = [timer, stopper, *callbacks, _CallbackStateSaver(stateful, eval_cb)]
     if eval_cb is not None:
         all_callbacks.append(eval_cb)
+    tb_dir = _logging_dir(train_args, checkpoint_dir)
+    if tb_dir is not None:  # transformers 5's TensorBoard callback reads its directory from the environment
+        os.environ["TENSORBOARD_LOGGING_DIR"] = tb_dir
     trainer = LpafTrainer(model=model, args=targs, train_dataset=train_dataset, data_collator=collator,
                           callbacks=all_callbacks, task=task, teacher=teacher,
                           distill_alpha=train_args.distill_alpha, temperature=train_args.temperature,

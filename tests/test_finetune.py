@@ -173,3 +173,23 @@ def test_label_count_mismatch_teacher(tmp_path, glue_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "has 3 labels but task sst2 has 2" in err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_workers_change_nothing_and_tensorboard_logs_beside_the_output(tmp_path, glue_dir):
+    """DataLoader workers and tokenization processes come from flags and leave the trained model
+    unchanged; --report-to tensorboard writes event files to <out>.tensorboard."""
+    model = make_tiny_model(tmp_path / "m")
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-length", 32,
+            "--batch-size", 8, "--epochs", 1, "--seed", 3, "--device", "cpu", "--logging-steps", 2]
+    assert _run([*args, "--out", tmp_path / "plain", "--cache-dir", tmp_path / "c1"]) == 0
+    assert _run([*args, "--out", tmp_path / "workers", "--dataloader-num-workers", 2,
+                 "--preprocessing-num-workers", 2, "--cache-dir", tmp_path / "c2", "--report-to", "tensorboard"]) == 0
+    a = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "workers" / "metrics.json").read_text())
+    assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    assert [s for s, _ in a["train"]["loss_history"]] == [s for s, _ in b["train"]["loss_history"]]
+    assert [v for _, v in a["train"]["loss_history"]] == pytest.approx([v for _, v in b["train"]["loss_history"]],
+                                                                       abs=1e-5)
+    events = list((tmp_path / "workers.tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert not (tmp_path / "plain.tensorboard").exists()

@@ -29,6 +29,8 @@ class DataArgs:
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N dev examples"})
     cache_dir: str | None = field(default=None, metadata={"help": "tokenization cache (default $LPAF_CACHE or ~/.cache/lpaf)"})
     revision: str | None = field(default=None, metadata={"help": "hub revision (commit/tag) of the data set"})
+    preprocessing_num_workers: int | None = field(default=None, metadata={
+        "help": "processes that tokenize (datasets.map num_proc; default: this process only)"})
 
     def __post_init__(self):
         get_task(self.task)  # raises with the list of valid names
@@ -39,6 +41,8 @@ class DataArgs:
             v = getattr(self, key)
             if v is not None and v < 1:
                 problems.append(f"--{key.replace('_', '-')} must be >= 1 (got {v})")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            problems.append(f"--preprocessing-num-workers must be >= 1 (got {self.preprocessing_num_workers})")
         if self.doc_stride < 1:
             problems.append(f"--doc-stride must be >= 1 (got {self.doc_stride})")
         elif self.spec.is_qa and self.doc_stride >= self.max_length - 3:
@@ -80,7 +84,8 @@ def load_task_data(data_args: DataArgs, tokenizer, with_train: bool = True) -> T
     task = data_args.spec
     splits = (["train"] if with_train else []) + list(task.dev_splits)
     raw = load_raw(task, data_args.data, splits, data_args.revision)
-    feats = tokenize_cached(task, raw, tokenizer, data_args.max_length, data_args.cache_dir, data_args.doc_stride)
+    feats = tokenize_cached(task, raw, tokenizer, data_args.max_length, data_args.cache_dir, data_args.doc_stride,
+                            num_proc=data_args.preprocessing_num_workers)
     train = None
     n_train = None
     if with_train:

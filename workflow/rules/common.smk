@@ -25,7 +25,8 @@ RESULTS = "results"
 REPO_ROOT = os.path.dirname(WORKFLOW_DIR)
 TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
-OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps"})
+OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps",
+                               "preprocessing_num_workers", "dataloader_num_workers", "report_to"})
 OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 NAME_HELP = "letters, digits, '_', '+', '-' (at most 48 characters; no slash, dot or space)"
 
