@@ -203,14 +203,15 @@ def test_paper_config_plans_the_full_dag(tmp_path):
     assert (tasks, seeds, densities) == (9, 3, 3)
     res = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=CONFIGS["paper"])
     assert res.returncode == 0, res.stderr[-3000:]
-    # per (task, seed): 10 table rows (lpaf + fisher included) at 3 densities + the 5-row lambda sweep at one density
+    # per (task, seed): 10 table rows (lpaf + fisher included) at 3 densities; the 4-row sweep (λ 0, 0.01, 0.1,
+    # importance Ω) at one density on the 3 rank-study tasks only
     expected = {
         "fetch_model": 1, "fetch_data": tasks,
         "finetune": ts,                                # one teacher per task and seed, shared by all rows
         "prune": ts * 2 * densities,                   # movement, magnitude: shared by 6 pruned rows
-        "factorize": ts * (6 * densities + 5),  # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd, mov-fisher-sa + sweep
-        "retrain": ts * (7 * densities + 5),           # 7 factorized rows + sweep
-        "evaluate": ts * (1 + 9 * densities + 5),      # every final model, dense included
+        "factorize": ts * 6 * densities + 3 * seeds * 4,  # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd, mov-fisher-sa
+        "retrain": ts * 7 * densities + 3 * seeds * 4,    # 7 factorized rows + sweep
+        "evaluate": ts * (1 + 9 * densities) + 3 * seeds * 4,  # every final model, dense included
         "rank_study": 3 * seeds * (1 + 2 * densities),  # mrpc, rte, cola: teacher + pruned models
         "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "all": 1,
     }
@@ -444,7 +445,18 @@ BAD_OVERRIDES = [
     ("escaping setting name", ["prune={'a/b': {method: movement}}"], r"'prune' has the name 'a/b', which is not allowed"),
     ("latency task", ["evaluate={tasks: [rte]}"], r"evaluate.tasks names 'rte', which is not in tasks"),
     ("precision on cpu", ["compute={precision: bf16}"], r"compute.precision = 'bf16' needs compute.device cuda"),
+    ("row task", ["methods={svd: {factorize: svd, retrain: plain, tasks: [rte]}}"],
+     r"methods.svd.tasks names 'rte', which is not in tasks"),
 ]
+
+
+def test_a_row_can_run_on_a_task_subset(tmp_path):
+    """methods.<row>.tasks plans that row on those tasks only (a sweep on the rank-study tasks)."""
+    res = snakemake(tmp_path, "-n", "--config", "methods={dense: {}, svd: {factorize: svd, retrain: plain, "
+                    "tasks: [mrpc]}}", "run_methods=[dense, svd]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    retrains = [j for j in planned_jobs(res.stdout) if j["rule"] == "retrain"]
+    assert retrains and all("/mrpc/" in j["output"] for j in retrains)
 
 
 @pytest.mark.parametrize("name, overrides, message", BAD_OVERRIDES, ids=[c[0] for c in BAD_OVERRIDES])

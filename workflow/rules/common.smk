@@ -114,6 +114,10 @@ def semantic_problems(cfg):
                 defined = ", ".join(cfg[family]) or "none"
                 problems.append(f"methods.{method}.{family} = {name!r} names no setting under '{family}'; "
                                 f"defined: {defined}")
+        for t in chain.get("tasks") or []:
+            if t not in tasks:
+                problems.append(f"methods.{method}.tasks names {t!r}, which is not in tasks; accepted values: "
+                                f"{', '.join(tasks)}")
         if chain.get("retrain") is not None and chain.get("factorize") is None:
             problems.append(f"methods.{method}: a retrain stage needs a factorize stage before it "
                             f"(accepted chains: none, prune, factorize, prune+factorize, [prune+]factorize+retrain)")
@@ -285,7 +289,7 @@ class Plan:
             label = chain.get("label") or method
             dense = not any(chain.get(f) for f in ("prune", "factorize", "retrain"))
             densities = [1.0] if dense else (chain.get("densities") or cfg["densities"])
-            for task in self.tasks:
+            for task in [t for t in self.tasks if t in (chain.get("tasks") or self.tasks)]:
                 for density in densities:
                     parts = [self.teacher[task][0]]
                     pruner = chain.get("prune")
