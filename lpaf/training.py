@@ -192,14 +192,18 @@ class StepTimer(TrainerCallback):
 
 
 class SignalCheckpoint(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop training."""
+    """On SIGTERM/SIGINT, or SIGUSR1 (what a SLURM job asks for ahead of its time limit with
+    ``--signal=USR1@<seconds>``): finish the current step, save a checkpoint, stop training; the
+    stage then exits 75 and the same command resumes."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self):
         self.signal_received: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self):
@@ -215,6 +219,12 @@ class SignalCheckpoint(TrainerCallback):
         fault_step = os.environ.get("LPAF_FAULT_SIGTERM_AT_STEP")
         if fault_step and state.global_step == int(fault_step) and self.signal_received is None:
             self.signal_received = signal.SIGTERM
+        # ... or deliver a real signal to this process at step N: LPAF_FAULT_SIGNAL_AT_STEP="N:USR1"
+        fault = os.environ.get("LPAF_FAULT_SIGNAL_AT_STEP")
+        if fault and self.signal_received is None:
+            step, _, name = fault.partition(":")
+            if state.global_step == int(step):
+                os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
         if self.signal_received is not None:
             control.should_save = True
             control.should_training_stop = True

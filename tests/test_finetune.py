@@ -75,6 +75,23 @@ def test_resume_after_sigterm_matches_uninterrupted(tmp_path, glue_dir, monkeypa
         assert (a[k] - b[k]).abs().max().item() < 1e-5, k
 
 
+def test_usr1_ahead_of_the_time_limit_checkpoints_and_resumes(tmp_path, glue_dir, monkeypatch, capsys):
+    """SLURM's --signal=USR1@N reaches the stage as SIGUSR1: it checkpoints at the next step and exits
+    75; the same command resumes and ends where an uninterrupted run ends."""
+    model = make_tiny_model(tmp_path / "m")
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-length", 32,
+            "--batch-size", 8, "--epochs", 1, "--seed", 3, "--device", "cpu", "--save-steps", 100]
+    assert _run([*args, "--out", tmp_path / "full"]) == 0
+    monkeypatch.setenv("LPAF_FAULT_SIGNAL_AT_STEP", "3:USR1")  # a real SIGUSR1 to this process at step 3
+    assert _run([*args, "--out", tmp_path / "cut"]) == 75
+    assert "received SIGUSR1; checkpoint saved at step 3" in capsys.readouterr().err
+    monkeypatch.delenv("LPAF_FAULT_SIGNAL_AT_STEP")
+    assert _run([*args, "--out", tmp_path / "cut"]) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut["train"]["resumed_from_step"] == 3 and cut["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
+
+
 def test_resume_refuses_checkpoints_of_other_settings(tmp_path, glue_dir, monkeypatch, capsys):
     """Checkpoints left by an interrupted run are not resumed by a command with other training
     settings (here another --max-train-samples and --lr): one-line error, exit 2, nothing written;
