@@ -662,3 +662,17 @@ def test_slurm_profile_produces_the_same_table(local_slurm, smoke_local, tmp_pat
     pd.testing.assert_frame_equal(local, slurm, check_exact=False, rtol=1e-6, atol=1e-9)
     again = snakemake(work, "-n", "--profile", str(REPO / "profiles" / "slurm"), env=local_slurm)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_config_reference_is_current():
+    """config/README.md is generated from the schema; a schema change without regenerating it fails."""
+    res = subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / "config_reference.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    text = (REPO / "config" / "README.md").read_text()
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for key in schema["properties"]:
+        assert f"| `{key}` |" in text, key
+    for group in schema["x-flag-groups"].values():
+        for key in group:
+            assert f"| `{key}` |" in text, key
