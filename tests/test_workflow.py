@@ -329,7 +329,8 @@ def test_every_planned_lpaf_command_parses_with_the_real_cli(tmp_path):
 
 # flags the workflow sets itself (paths, wildcards, compute) rather than from stage settings
 WORKFLOW_OWNED_FLAGS = {"model", "out", "teacher", "task", "data", "seed", "device", "precision", "density",
-                        "model_revision", "revision", "models", "figure", "labels", "latency_batches", "batch_size"}
+                        "model_revision", "revision", "models", "figure", "labels", "latency_batches", "batch_size",
+                        "logging_dir"}  # logging_dir: beside each artifact by default (a per-artifact path)
 SCHEMA_GROUPS = {  # config block -> (stage command, flag groups of the schema it accepts)
     "finetune": ("finetune", ("finetune", "train", "data")),
     "prune": ("prune", ("prune", "train", "data")),
