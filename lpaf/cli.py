@@ -36,6 +36,8 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                 "re-train a factorized model (plain or mixed-rank)"),
     "rank-study": ("lpaf.stages.rank_study", "RankStudyArgs", (), {},
                    "matrix rank / effective rank / spectrum of every encoder linear"),
+    "split-squad": ("lpaf.stages.split_squad", "SplitSquadArgs", (), {},
+                    "split a SQuAD JSON file by article into training and evaluation parts (not the official split)"),
     "plan": ("lpaf.stages.plan", "PlanArgs", (), {},
              "jobs, optimizer steps and device-hours of a workflow config, before launch"),
     "calibrate": ("lpaf.stages.plan", "CalibrateArgs", (), {},

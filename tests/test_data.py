@@ -311,3 +311,30 @@ def test_hub_ids_are_the_current_ones():
             assert task.hub_path == f"rajpurkar/{name}" and task.hub_config is None
         else:
             assert task.hub_path == "nyu-mll/glue" and task.hub_config == name
+
+
+def test_split_squad_by_article_is_deterministic_and_loads(tmp_path, capsys):
+    """lpaf split-squad: the last N articles are the evaluation part, no article in both parts, the
+    output loads as SQuAD train/validation, and its files say they are not the official split."""
+    import json
+
+    from lpaf.cli import main
+
+    src = write_squad_json(tmp_path / "dev-v1.1.json", n_articles=6, seed=7)
+    out = tmp_path / "squad-devsplit-4-2"
+    assert main(["split-squad", "--source", str(src), "--out", str(out), "--eval-articles", "2"]) == 0
+    record = json.loads((out / "SPLIT.json").read_text())
+    assert (record["train_articles"], record["eval_articles"]) == (4, 2)
+    train = json.loads((out / "squad" / "v1.1" / "train-v1.1.json").read_text())
+    dev = json.loads((out / "squad" / "v1.1" / "dev-v1.1.json").read_text())
+    assert "not the official split" in train["version"] and "not the official split" in dev["version"]
+    titles = json.loads(src.read_text())["data"]
+    assert [a["title"] for a in dev["data"]] == [a["title"] for a in titles[-2:]]
+    assert not {a["title"] for a in train["data"]} & {a["title"] for a in dev["data"]}
+    raw = load_raw(get_task("squad"), str(out), ["train", "validation"])
+    assert len(raw.splits["train"]) == record["train_questions"] and len(raw.splits["validation"]) == 4
+    again = tmp_path / "again"
+    assert main(["split-squad", "--source", str(src), "--out", str(again), "--eval-articles", "2"]) == 0
+    assert (again / "squad" / "v1.1" / "dev-v1.1.json").read_bytes() == (out / "squad" / "v1.1" / "dev-v1.1.json").read_bytes()
+    assert main(["split-squad", "--source", str(src), "--out", str(tmp_path / "x"), "--eval-articles", "6"]) == 2
+    assert "leaves no training article" in capsys.readouterr().err and not (tmp_path / "x").exists()
