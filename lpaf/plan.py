@@ -196,8 +196,8 @@ def job_seconds(job: PlannedJob, calibration: dict[str, Any]) -> float | None:
         seconds += job.steps * float(entry.get("step_s", 0.0))
     if job.stage == "evaluate":
         seconds += job.examples * float(entry.get("example_s", 0.0))
-    if job.stage in TRAINING_STAGES:  # the dev evaluations a training stage runs (about one per epoch)
-        seconds += float(entry.get("eval_s", 0.0))
+    if job.stage in TRAINING_STAGES and "evaluate" in stages:  # its final dev evaluation
+        seconds += DEV_EXAMPLES.get(job.task or "", 0) * float(stages["evaluate"].get("example_s", 0.0))
     return seconds
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lpaf.cli import main
 from lpaf.mixed_rank import AnnealSchedule, matched_total_steps
-from lpaf.plan import TRAIN_EXAMPLES, format_summary, plan_jobs, summarize
+from lpaf.plan import DEV_EXAMPLES, TRAIN_EXAMPLES, format_summary, plan_jobs, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = str(REPO / "Snakefile")
@@ -66,7 +66,8 @@ def test_calibrate_then_plan_in_hours(tiny_model, glue_dir, tmp_path, capsys):
     rows = {(r["rule"], r["task"]): r for r in plan["rows"]}
     finetune = rows[("finetune", "mrpc")]
     stage = blob["stages"]["finetune"]
-    assert finetune["hours"] == pytest.approx((stage["fixed_s"] + 6 * stage["step_s"]) / 3600)
+    final_eval_s = DEV_EXAMPLES["mrpc"] * blob["stages"]["evaluate"]["example_s"]
+    assert finetune["hours"] == pytest.approx((stage["fixed_s"] + 6 * stage["step_s"] + final_eval_s) / 3600)
     assert plan["total"]["hours"] > 0 and plan["total"]["jobs"] == len(plan["jobs"])
     assert "device-h" in capsys.readouterr().out
 

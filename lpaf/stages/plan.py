@@ -93,8 +93,10 @@ def run_calibrate(args: CalibrateArgs) -> dict:
         common += ["--data", args.data]
     if args.max_train_samples:
         common += ["--max-train-samples", str(args.max_train_samples)]
+    # the training stages' own dev evaluations are kept small here; the evaluate stage below measures
+    # the cost per dev example, which the plan adds for every training job's final evaluation
     train = ["--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--save-steps", "100000",
-             "--precision", args.precision]
+             "--precision", args.precision, "--max-eval-samples", "32"]
     work = Path(tempfile.mkdtemp(prefix="lpaf-calibrate-"))
     stages: dict[str, dict] = {}
 
