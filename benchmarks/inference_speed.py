@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from lpaf.artifacts import library_versions, write_json  # noqa: E402
 from lpaf.factorize import allocate_rank  # noqa: E402
 from lpaf.lowrank import load_model, swap_encoder_linears  # noqa: E402
 from lpaf.modules import count_parameters, find_encoder_linears  # noqa: E402
+from lpaf.speed import machine_info  # noqa: E402
 
 # No mmap for large allocations, never give heap memory back: every forward then reuses the same pages.
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=268435456"
@@ -254,9 +254,7 @@ def main() -> None:
                       "(attention) + 2·B·h² (pooler); element-wise ops carry no FLOPs in this count",
         "targets_bert_base_cpu": {"0.25": 2.5, "0.1": 4.0},
         "runs": args.runs, "warmup": args.warmup,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": {**machine_info(), "torch_threads": torch.get_num_threads(),
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
         "versions": library_versions(),
         "results": [],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,29 +34,10 @@ sys.path.insert(0, str(HERE))
 from inference_speed import factorized_copy, flops  # noqa: E402
 
 from lpaf.artifacts import library_versions, write_json  # noqa: E402
-from lpaf.export import INPUT_NAMES, export_onnx  # noqa: E402
+from lpaf.export import export_onnx  # noqa: E402
+from lpaf.speed import machine_info  # noqa: E402
 
 DEFAULT_MINILM = HERE.parents[1] / "shared" / "models" / "all-MiniLM-L6-v2"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx")))
-    except OSError:
-        pass
-    return []
 
 
 def session(path: Path, threads: int):
@@ -154,8 +134,7 @@ def main() -> None:
 
     record = {"benchmark": "onnx_speed", "targets_bert_base_batch32": {"0.25": 2.5, "0.1": 4.0,
                                                                        "ort_over_torch_factorized": 1.3},
-              "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
-                          "threads": args.threads, "load_average_1min": os.getloadavg()[0]},
+              "machine": machine_info(args.threads),
               "versions": {**library_versions(), "onnxruntime": onnxruntime.__version__},
               "runs": args.runs, "warmup": args.warmup, "results": []}
     candidates = []

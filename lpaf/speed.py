@@ -30,3 +30,28 @@ def measure_latency_ms(model: nn.Module, batch_size: int = 32, seq_len: int = 12
             times.append(1000 * (time.perf_counter() - t0))
     return {"median_ms": statistics.median(times), "min_ms": min(times), "batch_size": batch_size,
             "seq_len": seq_len, "iters": iters, "device": device, "threads": torch.get_num_threads()}
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """What a speed figure depends on: CPU model and its vector / matrix extensions (AVX-512, AMX,
+    bf16), core count, threads used, load, and library versions."""
+    import os
+    import platform
+    from pathlib import Path
+
+    from lpaf.artifacts import library_versions
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx", "avx2")))
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_flags": flags, "cpu_count": os.cpu_count(),
+            "threads": threads if threads is not None else torch.get_num_threads(),
+            "load_average_1min": os.getloadavg()[0], "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "versions": library_versions()}
