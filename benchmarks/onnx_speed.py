@@ -71,6 +71,7 @@ def time_round_robin(runners: dict, runs: int, warmup: int) -> dict[str, float]:
 
 def bench(label: str, dense: torch.nn.Module, args, work: Path) -> dict:
     models = {"dense": dense.eval()}
+    fusions: dict[str, dict] = {}
     for d in args.densities:
         models[f"factorized-{d:g}"] = factorized_copy(dense, d)
     paths = {}
@@ -78,9 +79,18 @@ def bench(label: str, dense: torch.nn.Module, args, work: Path) -> dict:
         t0 = time.perf_counter()
         paths[key] = work / f"{label.split()[0]}-{key}.onnx"
         export_onnx(model, paths[key])
+        if args.transformer_optimizer:  # ORT's BERT fusions (GELU, SkipLayerNorm, attention where it matches)
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            cfg = dense.config
+            fused = optimize_model(str(paths[key]), model_type="bert", num_heads=cfg.num_attention_heads,
+                                   hidden_size=cfg.hidden_size, opt_level=1)
+            fusions[key] = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+            fused.save_model_to_file(str(paths[key]))
         print(f"  exported {label} {key} in {time.perf_counter() - t0:.0f} s", flush=True)
     sessions = {k: session(p, args.threads) for k, p in paths.items()}
-    out = {"model": label, "settings": []}
+    out = {"model": label, "settings": [], "transformer_optimizer": args.transformer_optimizer,
+           "eager_attention": args.eager_attention, "fusions": fusions}
     for batch in args.batches:
         feeds = inputs(int(dense.config.vocab_size), batch, args.length)
         torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
@@ -122,6 +132,10 @@ def main() -> None:
     p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1])
     p.add_argument("--minilm", default=str(DEFAULT_MINILM))
     p.add_argument("--no-bert-base", action="store_true")
+    p.add_argument("--transformer-optimizer", action="store_true",
+                   help="apply onnxruntime.transformers' BERT fusions to every graph (dense and factorized alike)")
+    p.add_argument("--eager-attention", action="store_true",
+                   help="export with eager attention (matmul-softmax-matmul) instead of SDPA's decomposition")
     p.add_argument("--quick", action="store_true", help="MiniLM only, batch 8, 2 runs (a check, not a result)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "onnx_speed.json")
     args = p.parse_args()
@@ -140,10 +154,12 @@ def main() -> None:
     candidates = []
     if not args.no_bert_base:
         torch.manual_seed(0)
-        candidates.append(("bert-base-shaped (random weights)", lambda: BertForSequenceClassification(BertConfig())))
+        attn = {"attn_implementation": "eager"} if args.eager_attention else {}
+        candidates.append(("bert-base-shaped (random weights)", lambda: BertForSequenceClassification(BertConfig(**attn))))
     if args.minilm and Path(args.minilm).is_dir():
+        attn = {"attn_implementation": "eager"} if args.eager_attention else {}
         candidates.append(("all-MiniLM-L6-v2", lambda: AutoModelForSequenceClassification.from_pretrained(
-            args.minilm, num_labels=2)))
+            args.minilm, num_labels=2, **attn)))
     with tempfile.TemporaryDirectory(prefix="lpaf-onnx-speed-") as work:
         for label, build in candidates:
             record["results"].append(bench(label, build().eval(), args, Path(work)))
