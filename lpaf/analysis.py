@@ -182,7 +182,7 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 6.5), layout="constrained")
+    fig = Figure(figsize=(7.0, 6.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_metric, ax_rank = fig.subplots(2, 1, sharex=True)
     panels = ((ax_metric, "metric"), (ax_rank, "avg_rank"))
@@ -214,8 +214,8 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     for ax, _ in panels:
         ax.grid(True, alpha=0.3)
     handles, labels = ax_rank.get_legend_handles_labels()
-    if handles:
-        ax_rank.legend(handles, labels, fontsize="small")
+    if handles:  # outside the data, right of the panels
+        fig.legend(handles, labels, fontsize="small", loc="outside right upper", frameon=False)
 
     targets = [out_path] + ([out_path.with_suffix(".png")] if out_path.suffix.lower() == ".pdf" else [])
     for target in targets:

@@ -317,7 +317,7 @@ def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: s
 # Figures
 # --------------------------------------------------------------------------------------------
 
-def _figure(width: float = 5.5, height: float = 4.0):
+def _figure(width: float = 7.0, height: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -335,6 +335,11 @@ def _save(fig, out_path: str | Path) -> Path:
     fig.savefig(tmp, dpi=FIGURE_DPI)
     os.replace(tmp, out)
     return out
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, so it never covers the lines (14 rows do)."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def _read_table(table):
@@ -366,7 +371,7 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
     ax.set_ylabel(f"{metric}" + (" (×100)" if scale == 100.0 else ""))
     ax.set_title(f"{rows['model'].iloc[0]} · {task}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return _save(fig, out_path)
 
 
@@ -388,7 +393,7 @@ def speedup_figure(table, out_path: str | Path) -> Path:
     models = ", ".join(map(str, table["model"].unique()))
     ax.set_title(f"{models} · batch 32 × 128 tokens")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return _save(fig, out_path)
 
 

@@ -366,6 +366,8 @@ def test_fake_run_builds_table_and_figures_then_nothing_to_do(fake_work):
                                     "lpaf-no-sa-svd", "lpaf-no-mixed-rank"}
     for fig in ("mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup"):
         assert (work / "results" / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (work / "results" / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"  # the paper's copy
+    assert "\\toprule" in (work / "results" / "table.tex").read_text()
     again = snakemake(work, "-n", env=fake_env)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
 

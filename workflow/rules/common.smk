@@ -505,9 +505,10 @@ def teacher_of(source):
 
 
 def figure_targets():
-    figures = [f"{RESULTS}/figures/{task}_metric.png" for task in PLAN.tasks]
-    figures += [f"{RESULTS}/figures/{task}_rank.png" for task in PLAN.rank_tasks()]
-    figures.append(f"{RESULTS}/figures/speedup.png")
+    """Every figure, as PNG (screens, the report) and PDF (papers)."""
+    figures = [f"{RESULTS}/figures/{task}_metric.{ext}" for task in PLAN.tasks for ext in ("png", "pdf")]
+    figures += [f"{RESULTS}/figures/{task}_rank.{ext}" for task in PLAN.rank_tasks() for ext in ("png", "pdf")]
+    figures += [f"{RESULTS}/figures/speedup.{ext}" for ext in ("png", "pdf")]
     return figures
 
 

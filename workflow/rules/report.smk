@@ -28,12 +28,13 @@ rule figure_metric:
     input:
         table=rules.table.output.csv,
     output:
-        report(
+        png=report(
             f"{RESULTS}/figures/{{task}}_metric.png",
             caption="../report/metric.rst",
             category="Metric vs % retained",
             labels={"task": "{task}"},
         ),
+        pdf=f"{RESULTS}/figures/{{task}}_metric.pdf",
     log:
         "logs/report/figure_metric_{task}.log",
     params:
@@ -48,12 +49,13 @@ rule figure_rank:
     input:
         ranks=rules.table.output.ranks,
     output:
-        report(
+        png=report(
             f"{RESULTS}/figures/{{task}}_rank.png",
             caption="../report/rank.rst",
             category="Rank study",
             labels={"task": "{task}"},
         ),
+        pdf=f"{RESULTS}/figures/{{task}}_rank.pdf",
     log:
         "logs/report/figure_rank_{task}.log",
     params:
@@ -68,12 +70,13 @@ rule figure_speedup:
     input:
         table=rules.table.output.csv,
     output:
-        report(
+        png=report(
             f"{RESULTS}/figures/speedup.png",
             caption="../report/speedup.rst",
             category="Speed-up",
             labels={"figure": "speed-up vs % retained"},
         ),
+        pdf=f"{RESULTS}/figures/speedup.pdf",
     log:
         "logs/report/figure_speedup.log",
     params:

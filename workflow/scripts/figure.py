@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
 from lpaf.report import metric_figure, rank_figure, speedup_figure  # noqa: E402
 
 kind = snakemake.params.kind  # noqa: F821
-out = snakemake.output[0]  # noqa: F821
-if kind == "metric":
-    metric_figure(snakemake.input.table, snakemake.wildcards.task, out)  # noqa: F821
-elif kind == "rank":
-    rank_figure(snakemake.input.ranks, snakemake.wildcards.task, out)  # noqa: F821
-else:
-    speedup_figure(snakemake.input.table, out)  # noqa: F821
+for out in (snakemake.output.png, snakemake.output.pdf):  # noqa: F821 - the same figure, for screens and papers
+    if kind == "metric":
+        metric_figure(snakemake.input.table, snakemake.wildcards.task, out)  # noqa: F821
+    elif kind == "rank":
+        rank_figure(snakemake.input.ranks, snakemake.wildcards.task, out)  # noqa: F821
+    else:
+        speedup_figure(snakemake.input.table, out)  # noqa: F821
