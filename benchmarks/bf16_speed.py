@@ -53,6 +53,7 @@ def bench_latency(label: str, dense, args) -> dict:
                      "speedup_factorized_vs_dense_bf16": ms["dense-bf16"] / ms[bf16],
                      "speedup_factorized_vs_dense_fp32": ms["dense-fp32"] / ms[fp32],
                      "speedup_bf16_vs_fp32_factorized": ms[fp32] / ms[bf16],
+                     "speedup_factorized_bf16_vs_dense_fp32": ms["dense-fp32"] / ms[bf16],
                      "flop_bound": f_dense / flops(models[fp32], args.batch, args.length)["total"]})
         r = rows[-1]
         print(f"  {label} d={d:g}: bf16 factorized {r['speedup_factorized_vs_dense_bf16']:.2f}x dense bf16 "
