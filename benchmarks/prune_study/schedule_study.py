@@ -214,8 +214,12 @@ def main() -> None:
 
     if not (args.table or args.figure):
         cells = {"essential": ESSENTIAL, "extra": EXTRA, "all": ESSENTIAL + EXTRA}[args.set]
-        if args.only:
-            cells = [c for c in cells if cell_name(*c) in args.only]
+        if args.only:  # in the order given, so the longest cell can start first
+            by_name = {cell_name(*c): c for c in cells}
+            unknown = [n for n in args.only if n not in by_name]
+            if unknown:
+                sys.exit(f"error: --only: unknown cell {unknown[0]!r} in --set {args.set}")
+            cells = [by_name[n] for n in args.only]
         Path(args.work).mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(lambda c: run_cell(args, c), cells))
