@@ -1,0 +1,177 @@
+# The plan: every artifact path from the config, once (class Plan), and the table's rows.
+#
+# Artifact layout (docs/DESIGN.md), one directory per stage, nested along the chain of stages:
+#   results/{model}/{task}/s{seed}/dense-{h}/                          the teacher (fine-tuned)
+#       prune-{name}-{h}-d{density}/                                   a pruned model
+#       [prune-.../]fact-{name}-{h}-d{density}/                        a factorized model
+#       [prune-.../]fact-.../retrain-{name}-{h}/                       a re-trained model
+# {name} is the setting's key in the config, {h} a short hash of the stage's own resolved flags,
+# so two settings never share a directory, changing one setting creates new directories for it
+# and what is downstream of it only, and table rows that share a chain prefix share its files.
+# Each directory holds the model and metrics.json (the completion record; the rule's output),
+# plus eval.json (evaluate rule: reloaded scores and latency) and rank.json (rank study).
+
+
+import hashlib
+import json
+import posixpath
+import re
+
+# --------------------------------------------------------------------------------------------
+# The plan: settings per stage, artifact tokens, rows of the table
+# --------------------------------------------------------------------------------------------
+
+def dtok(density):
+    """Density as it appears in paths and flags: 0.25 -> '0.25', 1 -> '1'."""
+    return format(float(density), ".10g")
+
+
+def short_hash(obj):
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:6]
+
+
+def _merged(*layers):
+    out = {}
+    for layer in layers:
+        out.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return out
+
+
+def _alt(tokens):
+    tokens = sorted(set(tokens))
+    return "|".join(re.escape(t) for t in tokens) if tokens else "(?!x)x"
+
+
+class Plan:
+    """Everything the rules need, computed once from the validated config."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.model = cfg["model_name"] or posixpath.basename(cfg["model"])
+        self.tasks = list(cfg["tasks"])
+        self.seeds = [int(s) for s in cfg["seeds"]]
+        self.teacher = {}  # task -> (token, flags)
+        self.stages = {"prune": {}, "factorize": {}, "retrain": {}}  # family -> {(task, token): (name, density, flags)}
+        self.rows = []
+        self._build()
+
+    # settings ---------------------------------------------------------------------------
+    def settings(self, family, task, name=None):
+        """Resolved flags of one stage for one task: data < task data < train < stage block < task stage."""
+        cfg = self.cfg
+        ts = cfg["task_settings"].get(task, {})
+        layers = [cfg["data"], ts.get("data")]
+        if family in TRAINING_FAMILIES:
+            layers.append(cfg["train"])
+        layers.append(cfg["finetune"] if family == "finetune" else cfg[family][name])
+        layers.append(ts.get(family))
+        flags = _merged(*layers)
+        if ts.get("revision"):
+            flags["revision"] = ts["revision"]
+        return flags
+
+    def _token(self, family, task, name=None, density=None):
+        flags = self.settings(family, task, name)
+        keyed = {k: v for k, v in flags.items() if k not in OPERATIONAL_FLAGS}
+        if family == "finetune":
+            keyed["model_revision"] = self.cfg["model_revision"]
+            return f"dense-{short_hash(keyed)}", flags
+        prefix = {"prune": "prune", "factorize": "fact", "retrain": "retrain"}[family]
+        token = f"{prefix}-{name}-{short_hash(keyed)}"
+        if density is not None:
+            token += f"-d{dtok(density)}"
+        self.stages[family][(task, token)] = (name, density, flags)
+        return token, flags
+
+    # rows ----------------------------------------------------------------------------------
+    def _build(self):
+        cfg = self.cfg
+        methods = cfg["run_methods"] or list(cfg["methods"])
+        for task in self.tasks:
+            self.teacher[task] = self._token("finetune", task)
+        for method in methods:
+            chain = cfg["methods"][method]
+            label = chain.get("label") or method
+            dense = not any(chain.get(f) for f in ("prune", "factorize", "retrain"))
+            densities = [1.0] if dense else (chain.get("densities") or cfg["densities"])
+            for task in [t for t in self.tasks if t in (chain.get("tasks") or self.tasks)]:
+                for density in densities:
+                    parts = [self.teacher[task][0]]
+                    pruner = chain.get("prune")
+                    if pruner:
+                        parts.append(self._token("prune", task, pruner, density)[0])
+                    if chain.get("factorize"):
+                        parts.append(self._token("factorize", task, chain["factorize"], density)[0])
+                    if chain.get("retrain"):
+                        parts.append(self._token("retrain", task, chain["retrain"])[0])
+                    for seed in self.seeds:
+                        self.rows.append({
+                            "model": self.model, "task": task, "method": method, "label": label,
+                            "density": 1.0 if dense else float(density), "seed": seed, "dense": dense,
+                            "pruner": pruner, "chain": posixpath.join(*parts), "dir": self.artifact(task, seed, *parts),
+                        })
+
+    def artifact(self, task, seed, *parts):
+        return posixpath.join(RESULTS, self.model, task, f"s{seed}", *parts)
+
+    # targets -------------------------------------------------------------------------------
+    def latency_tasks(self):
+        return self.cfg["evaluate"]["tasks"] or self.tasks
+
+    def rank_tasks(self):
+        if not self.cfg["rank_study"]["enabled"]:
+            return []
+        return self.cfg["rank_study"]["tasks"] or self.tasks
+
+    def report_rows(self):
+        """Rows for lpaf.report: one per (task, method, density, seed) with its files."""
+        latency = set(self.latency_tasks())
+        out = []
+        for r in self.rows:
+            dense_dir = self.artifact(r["task"], r["seed"], self.teacher[r["task"]][0])
+            measured = r["task"] in latency
+            out.append({k: r[k] for k in ("model", "task", "method", "label", "density", "seed", "dense", "chain")}
+                       | {"metrics": f"{r['dir']}/metrics.json",
+                          "eval": f"{r['dir']}/eval.json" if measured else None,
+                          "dense_eval": f"{dense_dir}/eval.json" if measured else None})
+        return out
+
+    def rank_rows(self):
+        """Rank-study entries: the teacher and every pruned model of the rank-study tasks."""
+        tasks = set(self.rank_tasks())
+        seen, out = set(), []
+        for r in self.rows:
+            if r["task"] not in tasks:
+                continue
+            parts = r["chain"].split(posixpath.sep)
+            entries = [(parts[0], "dense", 1.0, True)]
+            if r["pruner"]:
+                entries.append((posixpath.join(*parts[:2]), r["pruner"], r["density"], False))
+            for chain, label, density, dense in entries:
+                key = (r["task"], r["seed"], chain)
+                if key in seen:
+                    continue
+                seen.add(key)
+                d = self.artifact(r["task"], r["seed"], chain)
+                out.append({"model": self.model, "task": r["task"], "seed": r["seed"], "label": label,
+                            "density": density, "dense": dense, "chain": chain,
+                            "rank": f"{d}/rank.json", "metrics": f"{d}/metrics.json"})
+        return out
+
+    def wildcard_constraints(self):
+        teacher = _alt(t for t, _ in self.teacher.values())
+        prune = _alt(tok for _, tok in self.stages["prune"])
+        fact = _alt(tok for _, tok in self.stages["factorize"])
+        retrain = _alt(tok for _, tok in self.stages["retrain"])
+        return {
+            "model": re.escape(self.model),
+            "task": _alt(self.tasks),
+            "seed": _alt(str(s) for s in self.seeds),
+            "teacher": teacher,
+            "prune": prune,
+            "fact": fact,
+            "retrain": retrain,
+            "source": f"(?:{teacher})(?:/(?:{prune}))?",
+            "chain": f"(?:{teacher})(?:/(?:{prune}))?(?:/(?:{fact})(?:/(?:{retrain}))?)?",
+        }
