@@ -72,13 +72,13 @@ def _restore_run_columns(runs):
 
 def aggregate(out: Path = OUT) -> dict:
     from lpaf.report import aggregate as aggregate_runs
-    from lpaf.report import markdown_table
+    from lpaf.report import markdown_tables
 
     runs, ranks, infos = load_seed_runs(out)
     runs = _restore_run_columns(runs)
     table = aggregate_runs(runs)
     table.to_csv(out / "table.csv", index=False, float_format="%.6g")
-    (out / "table.md").write_text(markdown_table(table, runs), encoding="utf-8")
+    (out / "table.md").write_text(markdown_tables(table), encoding="utf-8")
     runs.drop(columns=["metric_keys"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
     if ranks is not None:
         ranks.to_csv(out / "rank_study.csv", index=False, float_format="%.6g")

@@ -165,8 +165,8 @@ _ENTRY_KEYS = ("method", "retained_percent", "avg_rank", "dense")
 def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -> list[Path]:
     """The paper's figure: headline metric (top) and average rank (bottom) vs % retained.
 
-    One line per pruning method (points at equal method and % retained, e.g. seeds, are
-    averaged); dense entries become a dashed horizontal line in both panels. Entries without a
+    One line per pruning method; the seeds of one density are one point, mean with a sample-std
+    error bar (entries may carry ``density``; else equal % retained groups them); dense entries become a dashed horizontal line in both panels. Entries without a
     ``metric`` are left out of the top panel only. ``.png`` writes a PNG; ``.pdf`` writes the PDF
     and a PNG next to it. Returns the paths written.
     """
@@ -203,9 +203,9 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
         for ax, key in panels:
             points = _mean_points(rows, key)
             if points:
-                xs, ys = zip(*points)
-                (line,) = ax.plot(xs, ys, marker="o", label=method, color=color)
-                color = line.get_color()  # same color for a method in both panels
+                xs, ys, stds = zip(*points)
+                bars = ax.errorbar(xs, ys, yerr=stds, marker="o", capsize=3, label=method, color=color)
+                color = bars.lines[0].get_color()  # same color for a method in both panels
 
     metric_names = sorted({str(e["metric_name"]) for e in entries if e.get("metric_name")})
     ax_metric.set_ylabel(" / ".join(metric_names) or "metric")
@@ -226,12 +226,22 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     return targets
 
 
-def _mean_points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
-    groups: dict[float, list[float]] = defaultdict(list)
+def _mean_points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float, float]]:
+    """(mean % retained, mean, sample std) per point; seeds of one density are one point (grouped
+    by ``density`` where entries have it, else by % retained). One value: std 0."""
+    groups: dict[float, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         if row.get(key) is not None:
-            groups[round(float(row["retained_percent"]), 2)].append(float(row[key]))
-    return [(x, sum(ys) / len(ys)) for x, ys in sorted(groups.items())]
+            at = row.get("density")
+            at = round(float(row["retained_percent"]), 2) if at is None else float(at)
+            groups[at].append((float(row["retained_percent"]), float(row[key])))
+    points = []
+    for _, pairs in sorted(groups.items()):
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        mean = sum(ys) / len(ys)
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else 0.0
+        points.append((sum(xs) / len(xs), mean, std))
+    return sorted(points)
 
 
 def _check_figure_path(path: Path) -> None:

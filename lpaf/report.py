@@ -12,7 +12,9 @@ Outputs:
   dev metric and of the headline metric, % encoder parameters retained (non-zero weights, so
   sparse and low-rank models share one axis), whole-model parameters, speed-up, number of seeds;
 - ``table.md``: the paper-style table (tasks as columns, mean ± std, GLUE scores x100);
-- figures: headline metric vs % retained per task, the rank study per task, speed-up vs % retained.
+- figures (PNG and PDF, one style): headline metric vs % retained per task, the rank study per
+  task (its own density grid, seeds as error bars), the ablation (lpaf vs − sa-svd vs − mixed-rank),
+  speed-up vs % retained.
 
 Speed-up: per seed, latency(dense teacher) / latency(model), then mean and std over seeds. Tasks
 without latency measurements (``evaluate.tasks`` in the config) take the mean speed-up of the same
@@ -97,11 +99,32 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     record["metric_keys"] = list(blob["metrics"])
     for key, value in blob["metrics"].items():
         record[f"dev_{key}"] = _number(value)
+    best = best_dev_evaluation(blob)
+    record["best_step"] = _number(best.get("step"))
+    record["best_headline"] = _number(best.get(blob["headline_metric"]))
+    for key in blob["metrics"]:
+        record[f"best_{key}"] = _number(best.get(key))
     record["latency_ms"] = _latency_ms(row.get("eval"))
     record["dense_latency_ms"] = _latency_ms(row.get("dense_eval"))
     record["speedup"] = record["dense_latency_ms"] / record["latency_ms"] if record["latency_ms"] > 0 else math.nan
     record["speedup_measured"] = not math.isnan(record["speedup"])
     return record
+
+
+def best_dev_evaluation(blob: dict[str, Any]) -> dict[str, Any]:
+    """The run's best dev evaluation: the stage's recorded best (dev evaluations during training,
+    the end of training included), or the end-of-training scores when that is higher or nothing
+    else was evaluated. A pruning run's evaluations before its final density are not models at
+    that density: only the top-level ``best_eval`` (evaluations at the final density) counts there."""
+    headline = blob["headline_metric"]
+    end = {"step": (blob.get("train") or {}).get("train_steps"), **blob["metrics"]}
+    best = blob.get("best_eval")
+    if best is None and blob.get("stage") != "prune":
+        best = (blob.get("train") or {}).get("best_eval")
+    if not isinstance(best, dict) or _number(best.get(headline)) != _number(best.get(headline)):
+        return end
+    end_score = _number(end.get(headline))
+    return end if end_score == end_score and end_score >= _number(best[headline]) else best
 
 
 def load_runs(rows: Sequence[dict[str, Any]]):
@@ -151,7 +174,8 @@ def aggregate(runs):
         row["n_degenerate"] = int(g["degenerate"].sum())
         row["seeds"] = " ".join(str(s) for s in sorted(g["seed"].unique()))
         row["headline_metric"] = g["headline_metric"].iloc[0]
-        for col in ["headline"] + [c for c in metric_cols if g[c].notna().any()]:
+        best_cols = ["best_headline"] + [f"best_{c[4:]}" for c in metric_cols if f"best_{c[4:]}" in g]
+        for col in ["headline"] + [c for c in metric_cols + best_cols if g[c].notna().any()]:
             name = col[4:] if col.startswith("dev_") else col
             row[f"{name}_mean"] = g[col].mean()
             row[f"{name}_std"] = g[col].std(ddof=1) if len(g) > 1 else math.nan
@@ -209,42 +233,59 @@ def _fmt(mean: float, std: float, scale: float) -> str:
     return text
 
 
-def markdown_table(table, runs) -> str:
-    """Rows = (method, density), columns = tasks (every dev metric, '/'-separated), % retained, speed-up."""
+SCORE_TITLES = {"end": "End of training", "best": "Best dev evaluation"}
+
+
+def markdown_table(table, runs=None, score: str = "end") -> str:
+    """The paper-style table in Markdown, with the LaTeX table's content (lpaf.table_tex.paper_rows):
+    rows = (method, density), columns = each task's headline metrics under short headers, GLUE
+    average, % retained, magnitude overlap, speed-up. ``score``: "end" (end of training) or "best"
+    (each run's best dev evaluation). ``runs`` is accepted for backward compatibility, unused."""
+    from lpaf.table_tex import GLUE, _task_keys, paper_rows
+
     lines: list[str] = []
-    metric_keys = {t: _metric_order(t, g["metric_keys"].iloc[0]) for t, g in runs.groupby("task", sort=False)}
     for model, mt in table.groupby("model", sort=False):
-        tasks = list(_order(mt["task"]))
-        header = ["method", "density", "% retained", "mag. overlap"] + [
-            f"{t} ({'/'.join(metric_keys.get(t, []))})" for t in tasks] + ["speed-up"]
-        lines += [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for (label, density), g in mt.groupby(["label", "density"], sort=False):
-            overlap = g["magnitude_overlap"].mean()
-            cells = [str(label), "–" if g["dense"].iloc[0] else f"{density:g}",
-                     f"{g['retained_percent'].mean():.1f}", "–" if math.isnan(overlap) else f"{overlap:.2f}"]
+        tasks, rows = paper_rows(mt, score)
+        glue_tasks = [t for t in tasks if t in GLUE]
+        overlap = mt.groupby(["label", "density"], sort=False)["magnitude_overlap"].mean()
+        header = ["method", "density", "% retained", "mag. overlap"] + [_task_keys(t, mt)[0] for t in tasks]
+        header += (["GLUE avg"] if glue_tasks else []) + ["speed-up"]
+        lines += [f"### {model} · {SCORE_TITLES[score].lower()}", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, density, dense, cells, glue, retained, speed, failed in rows:
+            mag = overlap.get((label, density), math.nan)
+            line = [label, "–" if dense else f"{density:g}", f"{retained:.1f}",
+                    "–" if math.isnan(mag) else f"{mag:.2f}"]
             for t in tasks:
-                row = g[g["task"] == t]
-                if row.empty:
-                    cells.append("–")
+                if cells[t] is None:
+                    line.append("–")
                     continue
-                row = row.iloc[0]
-                scale = _scale(t)
-                text = " / ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std"), scale)
-                                  for k in metric_keys.get(t, []))
-                failed = int(row.get("n_degenerate", 0) or 0)
-                cells.append(f"{text} †{failed}" if failed else text)
-            speed = g["speedup_mean"].mean()
-            cells.append("–" if math.isnan(speed) else f"{speed:.2f}×")
-            lines.append("| " + " | ".join(cells) + " |")
+                text = " / ".join(_fmt(m, s, 1.0) for m, s in cells[t])
+                per_task = mt[(mt["label"] == label) & (mt["density"] == density) & (mt["task"] == t)]
+                n_failed = int(per_task["n_degenerate"].iloc[0]) if not per_task.empty else 0
+                line.append(f"{text} †{n_failed}" if n_failed else text)
+            if glue_tasks:
+                line.append("–" if glue is None else f"{glue:.1f}")
+            line.append("–" if speed is None else f"{speed:.2f}×")
+            lines.append("| " + " | ".join(line) + " |")
         seeds = sorted({int(n) for n in mt["n_seeds"]})
-        lines += ["", f"Mean ± sample std over {'/'.join(map(str, seeds))} seed(s); GLUE scores ×100, SQuAD EM/F1 "
-                      f"in %. % retained: non-zero encoder linear weights (sparse) or stored factor weights "
-                      f"(low-rank), relative to the dense encoder. Speed-up: dense latency / model latency "
-                      f"(batch 32 × 128 tokens). mag. overlap: fraction of the pruning mask that is also the "
-                      f"teacher's top-|W| mask (1 = magnitude; a random mask scores its density). †n: n seeds "
-                      f"predicted one class (or a constant) for ≥ 99% of dev examples — failed runs, not scores.",
-                  ""]
+        when = {"end": "at the end of training",
+                "best": "at each run's best dev evaluation (selected on the same dev set, so optimistic)"}[score]
+        lines += ["", f"Dev scores {when}: mean ± sample std over {'/'.join(map(str, seeds))} seed(s); GLUE "
+                      f"scores ×100, SQuAD EM/F1 in %. GLUE avg: each task's metrics averaged, then the tasks "
+                      f"(rows with every GLUE task of the table). % retained: non-zero encoder linear weights "
+                      f"(sparse) or stored factor weights (low-rank), relative to the dense encoder. Speed-up: "
+                      f"dense latency / model latency (batch 32 × 128 tokens). mag. overlap: fraction of the "
+                      f"pruning mask that is also the teacher's top-|W| mask (1 = magnitude; a random mask scores "
+                      f"its density). †n: n seeds predicted one class (or a constant) for ≥ 99% of dev examples — "
+                      f"failed runs, not scores.", ""]
     return "\n".join(lines)
+
+
+def markdown_tables(table) -> str:
+    """table.md: the end-of-training table (the paper-style one) first, then the best-dev one."""
+    return "\n".join([f"## {SCORE_TITLES['end']} (the paper-style table)", "", markdown_table(table, score="end"),
+                      f"## {SCORE_TITLES['best']}", "", markdown_table(table, score="best")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,11 +342,11 @@ def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: s
     table = aggregate(runs)
     _write_csv(table, csv_path)
     if md_path is not None:
-        _atomic_write_text(md_path, markdown_table(table, runs))
+        _atomic_write_text(md_path, markdown_tables(table))
     if tex_path is not None:
         from lpaf.table_tex import latex_table
 
-        _atomic_write_text(tex_path, latex_table(table))
+        _atomic_write_text(tex_path, latex_table(table) + "\n" + latex_table(table, score="best"))
     if runs_path is not None:
         _write_csv(runs.drop(columns=["metric_keys"]), runs_path)
     if rank_path is not None:
@@ -317,13 +358,45 @@ def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: s
 # Figures
 # --------------------------------------------------------------------------------------------
 
-def _figure(width: float = 7.0, height: float = 4.0):
+# One style for every figure, readable at a paper's full text width (about 6.5 in; the PDF scales
+# down to a column with 7-8 pt text).
+FIGURE_STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
+                "xtick.labelsize": 8, "ytick.labelsize": 8, "lines.markersize": 4, "lines.linewidth": 1.4,
+                "errorbar.capsize": 3, "pdf.fonttype": 42}
+# The paper's ablation (Table/Figure "lpaf vs - sa-svd vs - mixed-rank"): method keys in the configs.
+ABLATION_METHODS = ("lpaf", "lpaf-no-sa-svd", "lpaf-no-mixed-rank")
+
+
+def _styled(draw):
+    """Run a figure function under FIGURE_STYLE (rcParams are read when artists are created)."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(FIGURE_STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(width: float = 6.5, height: float = 3.4):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _method_colors(table) -> dict[str, Any]:
+    """label -> color, in the table's method order, so a method has one color in every figure."""
+    from matplotlib import colormaps
+
+    labels = list(dict.fromkeys(table.loc[~table["dense"].astype(bool), "label"].astype(str)))
+    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"].colors
+    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
 
 
 def _save(fig, out_path: str | Path) -> Path:
@@ -348,6 +421,7 @@ def _read_table(table):
     return pd.read_csv(table) if isinstance(table, (str, Path)) else table
 
 
+@_styled
 def metric_figure(table, task: str, out_path: str | Path) -> Path:
     """Headline metric (mean ± std over seeds) vs % encoder parameters retained, one line per method;
     the dense teacher is a dashed horizontal line."""
@@ -362,10 +436,12 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
     for _, d in rows[rows["dense"]].iterrows():
         ax.axhline(d["headline_mean"] * scale, color="black", linestyle="--", linewidth=1,
                    label=f"{d['label']} (100%)")
+    colors = _method_colors(table)
     for label, g in rows[~rows["dense"]].groupby("label", sort=False):
         g = g.sort_values("retained_percent")
         std = g["headline_std"].fillna(0.0) * scale
-        ax.errorbar(g["retained_percent"], g["headline_mean"] * scale, yerr=std, marker="o", capsize=3, label=label)
+        ax.errorbar(g["retained_percent"], g["headline_mean"] * scale, yerr=std, marker="o", label=label,
+                    color=colors.get(str(label)))
     metric = rows["headline_metric"].iloc[0]
     ax.set_xlabel("% encoder parameters retained")
     ax.set_ylabel(f"{metric}" + (" (×100)" if scale == 100.0 else ""))
@@ -375,6 +451,7 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
     return _save(fig, out_path)
 
 
+@_styled
 def speedup_figure(table, out_path: str | Path) -> Path:
     """Measured inference speed-up vs % retained, one line per method (mean over tasks)."""
     table = _read_table(table)
@@ -382,12 +459,13 @@ def speedup_figure(table, out_path: str | Path) -> Path:
     ax = fig.subplots()
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense (1×)")
     sparse = table[~table["dense"]]
+    colors = _method_colors(table)
     for label, g in sparse.groupby("label", sort=False):
         pts = g.groupby("density").agg(x=("retained_percent", "mean"), y=("speedup_mean", "mean")).dropna()
         if pts.empty:
             continue
         pts = pts.sort_values("x")
-        ax.plot(pts["x"], pts["y"], marker="o", label=label)
+        ax.plot(pts["x"], pts["y"], marker="o", label=label, color=colors.get(str(label)))
     ax.set_xlabel("% encoder parameters retained")
     ax.set_ylabel("inference speed-up vs dense (×)")
     models = ", ".join(map(str, table["model"].unique()))
@@ -397,8 +475,54 @@ def speedup_figure(table, out_path: str | Path) -> Path:
     return _save(fig, out_path)
 
 
+@_styled
+def ablation_figure(table, out_path: str | Path) -> Path:
+    """The paper's ablation: lpaf vs lpaf − sa-svd vs lpaf − mixed-rank, headline metric per task
+    (bars: mean over seeds, error bars: sample std), one panel per density; the dense teacher of
+    each task is a black tick above its group."""
+    import numpy as np
+
+    table = _read_table(table)
+    rows = table[table["method"].isin(ABLATION_METHODS)]
+    present = [m for m in ABLATION_METHODS if m in set(rows["method"])]
+    if len(present) < 2:
+        raise LpafError(f"ablation figure: needs at least two of the methods {', '.join(ABLATION_METHODS)} "
+                        f"(the table has {', '.join(map(str, table['method'].unique()))})")
+    densities = sorted(rows["density"].unique(), reverse=True)
+    tasks = list(dict.fromkeys(rows["task"]))
+    colors = _method_colors(table)
+    fig = _figure(width=max(4.0, 1.6 + 1.3 * len(tasks) * len(densities)), height=3.2)
+    axes = fig.subplots(1, len(densities), sharey=True, squeeze=False)[0]
+    width = 0.8 / len(present)
+    for ax, density in zip(axes, densities):
+        at = rows[rows["density"] == density]
+        for i, method in enumerate(present):
+            m = at[at["method"] == method].set_index("task").reindex(tasks)
+            scale = np.array([_scale(t) for t in tasks])
+            x = np.arange(len(tasks)) + (i - (len(present) - 1) / 2) * width
+            label = str(m["label"].dropna().iloc[0]) if m["label"].notna().any() else method
+            ax.bar(x, m["headline_mean"].to_numpy(dtype=float) * scale, width,
+                   yerr=m["headline_std"].fillna(0.0).to_numpy(dtype=float) * scale,
+                   label=label if ax is axes[0] else None, color=colors.get(label), capsize=2)
+        for j, task in enumerate(tasks):
+            dense = table[(table["task"] == task) & table["dense"].astype(bool)]
+            if not dense.empty:
+                y = float(dense["headline_mean"].iloc[0]) * _scale(task)
+                ax.hlines(y, j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1,
+                          label="dense" if (ax is axes[0] and j == 0) else None)
+        ax.set_xticks(np.arange(len(tasks)), tasks)
+        ax.set_title(f"density {density:g}")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("headline dev metric (GLUE ×100, SQuAD %)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    return _save(fig, out_path)
+
+
+@_styled
 def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
-    """The paper's rank-study figure for one task (lpaf.analysis.rank_study_figure)."""
+    """The paper's rank-study figure for one task (lpaf.analysis.rank_study_figure): metric and
+    average rank vs % retained on the rank study's density grid, seeds as error bars."""
     from lpaf.analysis import rank_study_figure
 
     ranks = _read_table(rank_rows)
@@ -409,7 +533,7 @@ def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
     entries = [{"method": r["label"], "retained_percent": float(r["retained_percent"]),
                 "metric": None if math.isnan(r["metric"]) else float(r["metric"]) * scale,
                 "metric_name": f"{r['metric_name']} (×100)" if scale == 100.0 else r["metric_name"],
-                "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"])}
+                "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"]), "density": float(r["density"])}
                for _, r in rows.iterrows()]
     return rank_study_figure(entries, out_path)[0]
 
@@ -426,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "seed, metrics, eval, dense_eval)")
     t.add_argument("--out", default="results", help="output directory")
     f = sub.add_parser("figure", help="draw one figure from results/table.csv or results/rank_study.csv")
-    f.add_argument("kind", choices=["metric", "speedup", "rank"])
+    f.add_argument("kind", choices=["metric", "speedup", "rank", "ablation"])
     f.add_argument("--table", default="results/table.csv", help="table.csv (metric, speedup) or rank_study.csv (rank)")
     f.add_argument("--task", help="task (metric, rank)")
     f.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
@@ -436,8 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = _read_json_list(args.rows)
             out = Path(args.out)
             write_table(rows, out / "table.csv", out / "table.md", out / "runs.csv", tex_path=out / "table.tex")
-        elif args.kind == "speedup":
-            speedup_figure(args.table, args.out)
+        elif args.kind in ("speedup", "ablation"):
+            (speedup_figure if args.kind == "speedup" else ablation_figure)(args.table, args.out)
         else:
             if not args.task:
                 parser.error(f"figure {args.kind} needs --task")

@@ -51,31 +51,43 @@ def _task_keys(task: str, table) -> tuple[str, tuple[str, ...]]:
     return task.upper(), keys[:1]
 
 
-def latex_table(table, caption: str = "", label: str = "tab:lpaf") -> str:
-    """table: lpaf.report.aggregate's DataFrame. Returns a complete ``table`` environment."""
+def paper_rows(mt, score: str = "end") -> tuple[list[str], list[tuple]]:
+    """One model's rows for the paper-style tables (LaTeX and Markdown): the tasks in order and, per
+    (label, density), (label, density, dense, {task: [(mean, std) per headline metric] or None},
+    GLUE average, % retained, speed-up, n_degenerate). score "end": end-of-training scores;
+    "best": the best dev evaluation of each run (columns ``best_<metric>``)."""
+    prefix = {"end": "", "best": "best_"}[score]
+    tasks = list(dict.fromkeys(mt["task"]))
+    glue_tasks = [t for t in tasks if t in GLUE]
+    rows = []
+    for (label, density), g in mt.groupby(["label", "density"], sort=False):
+        cells, task_scores, failed = {}, [], 0
+        for t in tasks:
+            r = g[g["task"] == t]
+            _, keys = _task_keys(t, mt)
+            if r.empty:
+                cells[t] = None
+                continue
+            r = r.iloc[0]
+            failed += int(r.get("n_degenerate", 0) or 0)
+            vals = [(r.get(f"{prefix}{k}_mean"), r.get(f"{prefix}{k}_std")) for k in keys]
+            cells[t] = [(None if _nan(m) else m * _scale(t), None if _nan(s) else s * _scale(t)) for m, s in vals]
+            if t in GLUE and all(m is not None for m, _ in cells[t]):
+                task_scores.append(sum(m for m, _ in cells[t]) / len(cells[t]))
+        glue = (sum(task_scores) / len(task_scores)
+                if glue_tasks and len(task_scores) == len(glue_tasks) else None)
+        speed = g["speedup_mean"].mean()
+        rows.append((str(label), float(density), bool(g["dense"].iloc[0]), cells, glue,
+                     float(g["retained_percent"].mean()), None if _nan(speed) else float(speed), failed))
+    return tasks, rows
+
+
+def latex_table(table, caption: str = "", label: str = "tab:lpaf", score: str = "end") -> str:
+    """table: lpaf.report.aggregate's DataFrame. Returns a complete ``table`` environment per model."""
     out: list[str] = []
     for model, mt in table.groupby("model", sort=False):
-        tasks = list(dict.fromkeys(mt["task"]))
+        tasks, rows = paper_rows(mt, score)
         glue_tasks = [t for t in tasks if t in GLUE]
-        rows = []  # (label, density, dense, {task: [(mean, std)...]}, glue_avg, retained, speedup)
-        for (label, density), g in mt.groupby(["label", "density"], sort=False):
-            cells, task_scores = {}, []
-            for t in tasks:
-                r = g[g["task"] == t]
-                _, keys = _task_keys(t, mt)
-                if r.empty:
-                    cells[t] = None
-                    continue
-                r = r.iloc[0]
-                vals = [(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in keys]
-                cells[t] = [(None if _nan(m) else m * _scale(t), None if _nan(s) else s * _scale(t)) for m, s in vals]
-                if t in GLUE and all(m is not None for m, _ in cells[t]):
-                    task_scores.append(sum(m for m, _ in cells[t]) / len(cells[t]))
-            glue = (sum(task_scores) / len(task_scores)
-                    if glue_tasks and len(task_scores) == len(glue_tasks) else None)
-            speed = g["speedup_mean"].mean()
-            rows.append((str(label), float(density), bool(g["dense"].iloc[0]), cells, glue,
-                         float(g["retained_percent"].mean()), None if _nan(speed) else float(speed)))
         best = _best_per_column(rows, tasks)
         header = ["Method", "\\% params"] + [escape(_task_keys(t, mt)[0]) for t in tasks]
         header += (["GLUE avg"] if glue_tasks else []) + ["Speed-up"]
@@ -83,11 +95,11 @@ def latex_table(table, caption: str = "", label: str = "tab:lpaf") -> str:
                 "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
                 " & ".join(header) + " \\\\", "\\midrule"]
         previous_density = None
-        for label, density, dense, cells, glue, retained, speed in rows:
+        for label_, density, dense, cells, glue, retained, speed, _ in rows:
             if previous_density is not None and density != previous_density:
                 out.append("\\midrule")
             previous_density = density
-            line = [escape(label), f"{retained:.1f}"]
+            line = [escape(label_), f"{retained:.1f}"]
             for t in tasks:
                 if cells[t] is None:
                     line.append("--")
@@ -109,18 +121,20 @@ def latex_table(table, caption: str = "", label: str = "tab:lpaf") -> str:
             line.append("--" if speed is None else f"{speed:.2f}$\\times$")
             out.append(" & ".join(line) + " \\\\")
         seeds = sorted({int(n) for n in mt["n_seeds"]})
+        when = {"end": "end of training", "best": "best dev evaluation of each run (selected on the same dev set)"}[score]
         cap = caption or (f"{escape(model)}: dev scores (mean{{\\scriptsize$\\pm$std}} over "
-                          f"{'/'.join(map(str, seeds))} seed(s), end of training; GLUE $\\times$100, SQuAD EM/F1 in \\%). "
+                          f"{'/'.join(map(str, seeds))} seed(s), {when}; GLUE $\\times$100, SQuAD EM/F1 in \\%). "
                           f"\\% params: encoder linear weights retained. Bold: best compressed row per column at "
                           f"each density.")
-        out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{cap}}}", f"\\label{{{label}}}", "\\end{table}", ""]
+        out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{cap}}}",
+                f"\\label{{{label}{'' if score == 'end' else '-best'}}}", "\\end{table}", ""]
     return "\n".join(out)
 
 
 def _best_per_column(rows, tasks) -> dict[tuple[str, int, float], float]:
     """(task, metric index, density) -> the best mean among compressed rows at that density."""
     best: dict[tuple[str, int, float], float] = {}
-    for label, density, dense, cells, glue, _, _ in rows:
+    for label, density, dense, cells, glue, *_ in rows:
         if dense:
             continue
         for t in tasks:

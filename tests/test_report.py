@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from lpaf.errors import LpafError
-from lpaf.report import aggregate, load_runs, main, markdown_table, metric_figure, rank_figure, speedup_figure, \
-    write_table
+from lpaf.report import ablation_figure, aggregate, best_dev_evaluation, load_runs, main, markdown_table, markdown_tables, \
+    metric_figure, rank_figure, speedup_figure, write_table
 
 DENSE_PARAMS = 1000
 
@@ -128,10 +128,11 @@ def test_markdown_is_paper_style(runs_dir):
     runs = load_runs(rows)
     md = markdown_table(aggregate(runs), runs)
     header = next(line for line in md.splitlines() if line.startswith("| method"))
-    assert "mrpc (f1/accuracy)" in header and "rte (accuracy)" in header
+    assert "MRPC F1/acc" in header and "| RTE |" in header and "GLUE avg" in header  # short headers
     svd_line = next(line for line in md.splitlines() if line.startswith("| svd"))
     assert "80.0 ± 2.0 / 70.0 ± 2.0" in svd_line  # GLUE scores x100, mean ± sample std
     assert "2.83×" in svd_line
+    assert "| 67.5 |" in svd_line  # GLUE avg: MRPC (80 + 70) / 2, then with RTE 60
     assert "25.0" in svd_line
 
 
@@ -220,3 +221,78 @@ def test_latex_table_booktabs_bold_best_and_glue_average(runs_dir, tmp_path):
     assert f"{((80.0 + 70.0) / 2 + 60.0) / 2:.1f}" in svd
     assert "\\textbf" not in dense and "90.0" in dense  # the dense row is a reference, never bold
     assert "$\\times$" in svd
+
+
+def test_best_dev_evaluation_per_stage():
+    """Best = the recorded best dev evaluation, or the end of training when that is higher; a pruning
+    run's mid-schedule evaluations (denser than its target) never count."""
+    base = _metrics("mrpc", {"f1": 0.70, "accuracy": 0.60}, 25.0, 4250, "f1", "retrain")
+    best = {"step": 40, "epoch": 1.0, "f1": 0.80, "accuracy": 0.65}
+    assert best_dev_evaluation(base | {"best_eval": best})["f1"] == 0.80
+    assert best_dev_evaluation(base | {"train": {"best_eval": best}, "stage": "finetune"})["accuracy"] == 0.65
+    assert best_dev_evaluation(base | {"train": {"best_eval": best}, "stage": "prune"})["f1"] == 0.70
+    assert best_dev_evaluation(base | {"best_eval": best | {"f1": 0.50}})["f1"] == 0.70
+    assert best_dev_evaluation(base)["f1"] == 0.70
+
+
+def test_tables_carry_best_dev_scores_labelled(runs_dir, tmp_path):
+    _, rows = runs_dir
+    svd_rows = [r for r in rows if r["task"] == "mrpc" and r["method"] == "svd"]
+    for i, row in enumerate(svd_rows):
+        blob = json.loads(Path(row["metrics"]).read_text())
+        blob["best_eval"] = {"step": 10, "f1": blob["metrics"]["f1"] + 0.05, "accuracy": blob["metrics"]["accuracy"]}
+        Path(row["metrics"]).write_text(json.dumps(blob))
+    table = aggregate(load_runs(rows))
+    svd = table[(table.task == "mrpc") & (table.method == "svd")].iloc[0]
+    assert svd["best_f1_mean"] == pytest.approx(0.85) and svd["f1_mean"] == pytest.approx(0.80)
+    assert svd["best_headline_mean"] == pytest.approx(0.85) and svd["best_f1_std"] == pytest.approx(0.02)
+    md = markdown_tables(table)
+    end_part, best_part = md.split("## Best dev evaluation")
+    assert "End of training (the paper-style table)" in end_part and "80.0 ± 2.0 / 70.0 ± 2.0" in end_part
+    assert "85.0 ± 2.0 / 70.0 ± 2.0" in best_part and "selected on the same dev set" in best_part
+    write_table(rows, tmp_path / "t.csv", tex_path=tmp_path / "table.tex")
+    tex = (tmp_path / "table.tex").read_text()
+    assert tex.count("\\begin{table}") == 2 and "end of training" in tex and "best dev evaluation" in tex
+    assert "\\textbf{85.0}" in tex.split("best dev evaluation")[0].split("\\end{table}")[-1]
+
+
+def _ablation_table() -> pd.DataFrame:
+    rows = [{"model": "m", "task": t, "method": "dense", "label": "dense", "density": 1.0, "dense": True,
+             "headline_mean": 0.9, "headline_std": float("nan"), "retained_percent": 100.0} for t in ("mrpc", "rte")]
+    for method, label, score in (("lpaf", "lpaf", 0.8), ("lpaf-no-sa-svd", "lpaf − sa-svd", 0.7),
+                                 ("lpaf-no-mixed-rank", "lpaf − mixed-rank", 0.75), ("svd", "svd", 0.6)):
+        for density in (0.5, 0.25):
+            rows += [{"model": "m", "task": t, "method": method, "label": label, "density": density, "dense": False,
+                      "headline_mean": score * density * 2, "headline_std": 0.01, "retained_percent": density * 100}
+                     for t in ("mrpc", "rte")]
+    return pd.DataFrame(rows)
+
+
+def test_ablation_figure_draws_the_three_rows_per_density(tmp_path):
+    for out in (tmp_path / "ablation.png", tmp_path / "ablation.pdf"):
+        assert ablation_figure(_ablation_table(), out).stat().st_size > 1000
+    assert (tmp_path / "ablation.pdf").read_bytes().startswith(b"%PDF")
+    only_svd = _ablation_table().query("method in ['dense', 'svd', 'lpaf']")
+    with pytest.raises(LpafError, match="needs at least two of the methods"):
+        ablation_figure(only_svd, tmp_path / "x.png")
+
+
+def test_figures_share_one_color_per_method(tmp_path):
+    from lpaf.report import _method_colors
+
+    table = _ablation_table()
+    colors = _method_colors(table)
+    assert list(colors) == ["lpaf", "lpaf − sa-svd", "lpaf − mixed-rank", "svd"]  # table order, dense excluded
+    assert len(set(colors.values())) == 4
+    assert _method_colors(table[table["method"] != "svd"])["lpaf"] == colors["lpaf"]
+
+
+def test_rank_points_are_seed_means_with_sample_std():
+    from lpaf.analysis import _mean_points
+
+    rows = [{"retained_percent": 25.0 + i * 0.01, "density": 0.25, "avg_rank": r} for i, r in enumerate((100, 110, 120))]
+    rows.append({"retained_percent": 10.0, "density": 0.1, "avg_rank": 50})
+    points = _mean_points(rows, "avg_rank")
+    assert points[0] == (10.0, 50.0, 0.0)
+    x, mean, std = points[1]
+    assert x == pytest.approx(25.01) and mean == pytest.approx(110.0) and std == pytest.approx(10.0)

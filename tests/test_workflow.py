@@ -208,14 +208,33 @@ def test_paper_config_plans_the_full_dag(tmp_path):
     expected = {
         "fetch_model": 1, "fetch_data": tasks,
         "finetune": ts,                                # one teacher per task and seed, shared by all rows
-        "prune": ts * 2 * densities,                   # movement, magnitude: shared by 6 pruned rows
+        # movement, magnitude: shared by 6 pruned rows; + the rank study's own grid (8 densities, 5 not in the
+        # table's) on mrpc, rte, cola
+        "prune": ts * 2 * densities + 3 * seeds * 2 * 5,
         "factorize": ts * 6 * densities + 3 * seeds * 4,  # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd, mov-fisher-sa
         "retrain": ts * 7 * densities + 3 * seeds * 4,    # 7 factorized rows + sweep
         "evaluate": ts * (1 + 9 * densities) + 3 * seeds * 4,  # every final model, dense included
-        "rank_study": 3 * seeds * (1 + 2 * densities),  # mrpc, rte, cola: teacher + pruned models
-        "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "all": 1,
+        "rank_study": 3 * seeds * (1 + 2 * 8),  # mrpc, rte, cola: teacher + 2 pruners x rank_study.densities
+        "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "figure_ablation": 1, "all": 1,
     }
     assert job_counts(res.stdout + res.stderr) == expected
+
+
+def test_rank_study_has_its_own_density_grid_and_paper_tasks_by_default(tmp_path):
+    """rank_study.densities adds pruned models (and rank jobs) only: no factorize/retrain/evaluate at
+    the extra densities; rank_study.tasks null takes the paper's rank-study tasks the config runs."""
+    cfg = write_config(tmp_path, rank_study={"tasks": None, "densities": [0.5, 0.3]})
+    res = snakemake(tmp_path / "work", "-n", configfile=cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    # smoke: tasks mrpc, sst2, stsb, squad; pruners movement + magnitude at 0.5 on each; the rank study
+    # (mrpc only: the one paper rank-study task here) adds both pruners at 0.3
+    assert counts["prune"] == 4 * 2 + 2 and counts["rank_study"] == 1 + 2 * 2
+    jobs = planned_jobs(res.stdout)
+    at_03 = [j for j in jobs if "-d0.3" in j["output"]]
+    assert {j["rule"] for j in at_03} == {"prune", "rank_study"}
+    assert all("/mrpc/" in j["output"] for j in at_03)
+    assert all("/mrpc/" in j["output"] for j in jobs if j["rule"] == "rank_study")
 
 
 def test_default_config_plans_all_rows_from_the_hub(tmp_path):
@@ -364,7 +383,7 @@ def test_fake_run_builds_table_and_figures_then_nothing_to_do(fake_work):
     assert len(table) == 4 * 9  # 4 tasks x 9 rows, one density
     assert set(table["method"]) == {"dense", "movement", "magnitude", "svd", "fwsvd", "magnitude+svd", "lpaf",
                                     "lpaf-no-sa-svd", "lpaf-no-mixed-rank"}
-    for fig in ("mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup"):
+    for fig in ("mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup", "ablation"):
         assert (work / "results" / "figures" / f"{fig}.png").stat().st_size > 1000
         assert (work / "results" / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"  # the paper's copy
     assert "\\toprule" in (work / "results" / "table.tex").read_text()
@@ -378,7 +397,8 @@ def test_adding_a_density_adds_only_the_new_jobs(fake_work):
     assert res.returncode == 0, res.stderr[-2000:]
     counts = job_counts(res.stdout)
     assert counts == {"prune": 4 * 2, "factorize": 4 * 5, "retrain": 4 * 6, "evaluate": 8, "rank_study": 2,
-                      "table": 1, "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "all": 1}
+                      "table": 1, "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1,
+                      "all": 1}
     for job in planned_jobs(res.stdout):
         if job["rule"] in ("prune", "factorize", "retrain", "evaluate", "rank_study"):
             assert "-d0.25" in job["output"], job
@@ -390,7 +410,7 @@ def test_changing_one_retrain_setting_reruns_only_jobs_downstream_of_it(fake_wor
     assert res.returncode == 0, res.stderr[-2000:]
     # rows lpaf and lpaf - sa-svd use mixed-rank: 2 re-trainings per task, evaluated on mrpc only
     assert job_counts(res.stdout) == {"retrain": 2 * 4, "evaluate": 2, "table": 1, "figure_metric": 4,
-                                      "figure_rank": 1, "figure_speedup": 1, "all": 1}
+                                      "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1, "all": 1}
     retrains = [j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "retrain"]
     assert all("/retrain-mixed-rank-" in o for o in retrains)
     # ... and the old artifacts stay (switching back costs nothing)
@@ -524,13 +544,27 @@ def test_smoke_config_runs_end_to_end(smoke_local):
     assert (table.loc[table["method"] != "dense", "retained_percent"] <= 50.5).all()
     assert table["speedup_mean"].notna().all()
     md_rows = [line for line in (work / "results" / "table.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(md_rows) == 1 + 9  # header + one line per (method, density)
-    figures = sorted(p.name for p in (work / "results" / "figures").glob("*.png"))
-    assert figures == sorted(["mrpc_metric.png", "sst2_metric.png", "stsb_metric.png", "squad_metric.png",
-                              "mrpc_rank.png", "speedup.png"])
+    assert len(md_rows) == 2 * (1 + 9)  # end of training and best dev: header + one line per (method, density)
+    tex = (work / "results" / "table.tex").read_text()
+    assert tex.count("\\begin{tabular}") == 2 and "\\toprule" in tex
+    names = ["mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup", "ablation"]
+    for ext in ("png", "pdf"):
+        figures = sorted(p.name for p in (work / "results" / "figures").glob(f"*.{ext}"))
+        assert figures == sorted(f"{n}.{ext}" for n in names)
     report = work / "results" / "report.html"
     res = snakemake(work, "--report", str(report), timeout=900)
     assert res.returncode == 0 and report.stat().st_size > 10_000, res.stderr[-3000:]
+    html = report.read_text(encoding="utf-8", errors="replace")
+    captions = {  # every file the report should hold -> a phrase of its caption (workflow/report/*.rst)
+        "table.csv": "One row per (model, task, method, density)", "table.md": "The paper-style table in Markdown",
+        "table.tex": "The same two tables as LaTeX", "mrpc_metric.png": "Headline dev metric of task mrpc",
+        "sst2_metric.png": "Headline dev metric of task sst2", "squad_metric.png": "Headline dev metric of task squad",
+        "stsb_metric.png": "Headline dev metric of task stsb", "mrpc_rank.png": "Rank study of task mrpc",
+        "speedup.png": "Measured inference speed-up", "ablation.png": "The paper's ablation"}
+    for name, phrase in captions.items():
+        assert name in html, f"{name} is not in the report"
+        assert phrase in html or phrase.replace("'", "&#x27;") in html or phrase.replace("'", "&#39;") in html, \
+            f"the caption of {name} ({phrase!r}) is not in the report"
     again = snakemake(work, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -12,6 +12,8 @@ TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps",
                                "preprocessing_num_workers", "dataloader_num_workers", "report_to"})
 OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+# The paper's ablation rows (method keys): the ablation figure is drawn when a config has two of them.
+ABLATION_METHODS = ("lpaf", "lpaf-no-sa-svd", "lpaf-no-mixed-rank")
 NAME_HELP = "letters, digits, '_', '+', '-' (at most 48 characters; no slash, dot or space)"
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +154,8 @@ def figure_targets():
     figures = [f"{RESULTS}/figures/{task}_metric.{ext}" for task in PLAN.tasks for ext in ("png", "pdf")]
     figures += [f"{RESULTS}/figures/{task}_rank.{ext}" for task in PLAN.rank_tasks() for ext in ("png", "pdf")]
     figures += [f"{RESULTS}/figures/speedup.{ext}" for ext in ("png", "pdf")]
+    if len(set(PLAN.methods()) & set(ABLATION_METHODS)) >= 2:  # the paper's ablation rows are in the config
+        figures += [f"{RESULTS}/figures/ablation.{ext}" for ext in ("png", "pdf")]
     return figures
 
 

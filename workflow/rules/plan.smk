@@ -17,6 +17,9 @@ import json
 import posixpath
 import re
 
+# The paper's rank-study figure (MRPC, RTE, CoLA): rank_study.tasks' default where the config runs them.
+RANK_STUDY_TASKS = ("mrpc", "rte", "cola")
+
 # --------------------------------------------------------------------------------------------
 # The plan: settings per stage, artifact tokens, rows of the table
 # --------------------------------------------------------------------------------------------
@@ -112,6 +115,22 @@ class Plan:
                             "pruner": pruner, "chain": posixpath.join(*parts), "dir": self.artifact(task, seed, *parts),
                         })
 
+        self._build_rank_study()
+
+    def _build_rank_study(self):
+        """The rank study's own grid: every pruning setting of a rank-study task's rows, at each
+        rank_study.densities (the paper's figure has more points than its table)."""
+        self.rank_prunes = {}  # task -> [(pruner, density, prune token)]
+        densities = self.rank_densities()
+        for task in self.rank_tasks():
+            pruners = list(dict.fromkeys(r["pruner"] for r in self.rows if r["task"] == task and r["pruner"]))
+            self.rank_prunes[task] = [(p, float(d), self._token("prune", task, p, d)[0])
+                                      for p in pruners for d in densities]
+
+    def methods(self):
+        """The method keys this run plans (run_methods, else every method)."""
+        return list(dict.fromkeys(r["method"] for r in self.rows))
+
     def artifact(self, task, seed, *parts):
         return posixpath.join(RESULTS, self.model, task, f"s{seed}", *parts)
 
@@ -120,9 +139,16 @@ class Plan:
         return self.cfg["evaluate"]["tasks"] or self.tasks
 
     def rank_tasks(self):
-        if not self.cfg["rank_study"]["enabled"]:
+        """rank_study.tasks, or the paper's rank-study tasks this config runs, or else every task."""
+        study = self.cfg["rank_study"]
+        if not study["enabled"]:
             return []
-        return self.cfg["rank_study"]["tasks"] or self.tasks
+        if study["tasks"]:
+            return list(study["tasks"])
+        return [t for t in self.tasks if t in RANK_STUDY_TASKS] or self.tasks
+
+    def rank_densities(self):
+        return [float(d) for d in (self.cfg["rank_study"]["densities"] or self.cfg["densities"])]
 
     def report_rows(self):
         """Rows for lpaf.report: one per (task, method, density, seed) with its files."""
@@ -138,25 +164,20 @@ class Plan:
         return out
 
     def rank_rows(self):
-        """Rank-study entries: the teacher and every pruned model of the rank-study tasks."""
-        tasks = set(self.rank_tasks())
-        seen, out = set(), []
-        for r in self.rows:
-            if r["task"] not in tasks:
-                continue
-            parts = r["chain"].split(posixpath.sep)
-            entries = [(parts[0], "dense", 1.0, True)]
-            if r["pruner"]:
-                entries.append((posixpath.join(*parts[:2]), r["pruner"], r["density"], False))
-            for chain, label, density, dense in entries:
-                key = (r["task"], r["seed"], chain)
-                if key in seen:
-                    continue
-                seen.add(key)
-                d = self.artifact(r["task"], r["seed"], chain)
-                out.append({"model": self.model, "task": r["task"], "seed": r["seed"], "label": label,
-                            "density": density, "dense": dense, "chain": chain,
-                            "rank": f"{d}/rank.json", "metrics": f"{d}/metrics.json"})
+        """Rank-study entries: per rank-study task and seed, the teacher and every pruning setting
+        at every rank-study density."""
+        out = []
+        for task in self.rank_tasks():
+            teacher = self.teacher[task][0]
+            entries = [(teacher, "dense", 1.0, True)]
+            entries += [(posixpath.join(teacher, token), pruner, density, False)
+                        for pruner, density, token in self.rank_prunes[task]]
+            for seed in self.seeds:
+                for chain, label, density, dense in entries:
+                    d = self.artifact(task, seed, chain)
+                    out.append({"model": self.model, "task": task, "seed": seed, "label": label,
+                                "density": density, "dense": dense, "chain": chain,
+                                "rank": f"{d}/rank.json", "metrics": f"{d}/metrics.json"})
         return out
 
     def wildcard_constraints(self):

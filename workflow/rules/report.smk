@@ -9,8 +9,8 @@ rule table:
         ranks=[r["rank"] for r in PLAN.rank_rows()],
     output:
         csv=report(f"{RESULTS}/table.csv", caption="../report/table.rst", category="Table"),
-        md=f"{RESULTS}/table.md",
-        tex=f"{RESULTS}/table.tex",
+        md=report(f"{RESULTS}/table.md", caption="../report/table_md.rst", category="Table"),
+        tex=report(f"{RESULTS}/table.tex", caption="../report/table_tex.rst", category="Table"),
         runs=f"{RESULTS}/runs.csv",
         ranks=f"{RESULTS}/rank_study.csv",
     log:
@@ -81,6 +81,27 @@ rule figure_speedup:
         "logs/report/figure_speedup.log",
     params:
         kind="speedup",
+    conda:
+        "../envs/lpaf.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_ablation:
+    input:
+        table=rules.table.output.csv,
+    output:
+        png=report(
+            f"{RESULTS}/figures/ablation.png",
+            caption="../report/ablation.rst",
+            category="Ablation",
+            labels={"figure": "lpaf vs − sa-svd vs − mixed-rank"},
+        ),
+        pdf=f"{RESULTS}/figures/ablation.pdf",
+    log:
+        "logs/report/figure_ablation.log",
+    params:
+        kind="ablation",
     conda:
         "../envs/lpaf.yaml"
     script:
