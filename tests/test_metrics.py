@@ -195,36 +195,61 @@ def test_prediction_spread_flags_collapsed_models():
 
 # --- SQuAD 2.0 ------------------------------------------------------------------------------------
 
-def _official_v2(preds: dict, refs: dict, na: dict, thresh: float) -> tuple[float, float]:
-    """Brute force: exact / F1 (percent) when questions with no-answer score > thresh answer ""."""
+def _brute_force_v2(preds: dict, refs: dict, na: dict, thresh: float) -> tuple[float, float]:
+    """Exact / F1 (percent) when questions with no-answer score > thresh answer "" (official rules;
+    no question here has gold texts that all normalise to nothing)."""
     ex = f1 = 0.0
     for q, golds in refs.items():
         golds = [g for g in golds if metrics.normalize_answer(g)] or [""]
         final = "" if na[q] > thresh else preds[q]
-        ex += float(any(metrics.normalize_answer(final) == metrics.normalize_answer(g) for g in golds))
-        f1 += max(metrics._token_f1(final, g, True) for g in golds)
+        ex += metrics.squad_exact_match(final, golds)
+        f1 += metrics.squad_f1(final, golds, version_2=True)
     return 100 * ex / len(refs), 100 * f1 / len(refs)
 
 
 def test_squad_v2_metrics_splits_and_best_threshold():
-    refs = {"a": ["Paris"], "b": ["the red car", "red car"], "c": [], "d": [""], "e": ["blue sky"]}
+    refs = {"a": ["Paris"], "b": ["the red car", "red car"], "c": [], "d": [], "e": ["blue sky"]}
     spans = {"a": "Paris", "b": "car", "c": "London", "d": "", "e": "grey sky"}
     na = {"a": -3.0, "b": 1.0, "c": 2.0, "d": -1.0, "e": 0.5}
     m = metrics.squad_v2_metrics(spans, refs, na, threshold=0.0)
+    assert list(m) == ["exact_match", "f1", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
+                       "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
     # threshold 0: b, c, e answer "" -> a right, b wrong (gold has answer), c right, d right (span ""), e wrong
-    assert m["exact_match"] == pytest.approx(60.0)
+    assert m["exact_match"] == pytest.approx(60.0) and m["f1"] == pytest.approx(60.0)
     assert m["HasAns_total"] == 3 and m["NoAns_total"] == 2
     assert m["HasAns_exact"] == pytest.approx(100 / 3) and m["NoAns_exact"] == pytest.approx(100.0)
-    assert (m["exact_match"], m["f1"]) == pytest.approx(_official_v2(spans, refs, na, 0.0))
+    assert (m["exact_match"], m["f1"]) == pytest.approx(_brute_force_v2(spans, refs, na, 0.0))
     # the best threshold is the best of every cut between the sorted scores
     cuts = [-10.0] + sorted(na.values())
-    best_exact = max(_official_v2(spans, refs, na, t)[0] for t in cuts)
-    best_f1 = max(_official_v2(spans, refs, na, t)[1] for t in cuts)
+    best_exact = max(_brute_force_v2(spans, refs, na, t)[0] for t in cuts)
+    best_f1 = max(_brute_force_v2(spans, refs, na, t)[1] for t in cuts)
     assert m["best_exact"] == pytest.approx(best_exact) and m["best_f1"] == pytest.approx(best_f1)
-    assert _official_v2(spans, refs, na, m["best_f1_thresh"])[1] == pytest.approx(best_f1)
-    assert m["best_f1"] > m["f1"]  # answering b ("car" vs "red car") at a higher threshold gains F1
+    assert _brute_force_v2(spans, refs, na, m["best_f1_thresh"])[1] == pytest.approx(best_f1)
+    # by hand: answering a, d, e, b (na <= 1.0) gives 1 + 1 + 1/2 + 2/3 + 1 (c abstains) of 5
+    assert m["best_f1"] == pytest.approx(100 * (1 + 1 + 0.5 + 2 / 3 + 1) / 5) and m["best_f1_thresh"] == 1.0
+    assert m["best_exact"] == pytest.approx(60.0) and m["best_exact_thresh"] == -3.0
 
 
 def test_squad_v2_without_no_answer_scores_scores_the_spans():
     m = metrics.squad_v2_metrics({"a": "x", "b": ""}, {"a": ["x"], "b": []})
     assert m["exact_match"] == 100.0 and "best_f1" not in m
+
+
+def test_squad_v2_empty_split_and_missing_span():
+    m = metrics.squad_v2_metrics({}, {"a": [], "b": []}, {"a": 0.5, "b": -0.5})  # no spans: "" everywhere
+    assert m["exact_match"] == 100.0 and m["NoAns_total"] == 2.0
+    assert m["HasAns_total"] == 0.0 and m["HasAns_exact"] == 0.0 and m["HasAns_f1"] == 0.0
+
+
+def test_squad_v2_na_scores_must_cover_every_question():
+    with pytest.raises(LpafError, match=r"na_scores has no no-answer score for 1 of 2 questions \(first: 'b'\)"):
+        metrics.squad_v2_metrics({"a": "x", "b": "y"}, {"a": ["x"], "b": []}, {"a": 0.1})
+
+
+def test_squad_v2_gold_texts_that_normalise_to_nothing():
+    """Official rule: a question "has an answer" when its gold list is non-empty, even if every gold
+    text normalises to nothing; its spans are still scored against the empty answer."""
+    m = metrics.squad_v2_metrics({"d": ""}, {"d": [""]}, {"d": -1.0})
+    assert m["HasAns_total"] == 1.0 and m["exact_match"] == 100.0
+    m = metrics.squad_v2_metrics({"d": ""}, {"d": [""]}, {"d": 1.0})  # abstains: wrong on a has-answer question
+    assert m["exact_match"] == 0.0
