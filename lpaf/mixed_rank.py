@@ -25,7 +25,9 @@ the end, so the same annealing, evaluation and saving rules apply.
 
 Sampling is driven by :class:`MixedRankScheduler`, a ``TrainerCallback`` that owns a seeded
 ``torch.Generator``; its state (and the per-step log) is saved in every checkpoint, so a resumed
-run draws exactly what an uninterrupted run would have drawn.
+run draws exactly what an uninterrupted run would have drawn. Under DDP every rank seeds its
+generator with the same seed and draws at every step, so all ranks run the same branches; DDP is
+told that parameters may go without gradient (``find_unused_parameters``, retrain stage).
 """
 
 from __future__ import annotations

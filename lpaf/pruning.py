@@ -22,6 +22,11 @@ Life cycle (torch.ao.pruning style): :meth:`Pruner.prepare` (parametrize, create
 Scores, masks and PLATON's EMAs are parameters / buffers of the parametrization modules, so the
 Trainer's checkpoint carries them; :class:`PruningCallback` adds the schedule position through
 train_model's stateful-callback protocol, so a resumed run continues exactly.
+
+Under DDP (torchrun) every rank keeps the same state: the scores are parameters, so DDP averages
+their gradients like the weights'; magnitude reads the (synchronized) weights; PLATON's
+sensitivity comes from a hook on the *local* gradient, so :meth:`Pruner.step` averages it over the
+ranks before the EMAs — the masks are then the same top-k of the same importances everywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from transformers import TrainerCallback
 
+from lpaf import distributed as dist
 from lpaf.errors import LpafError
 from lpaf.modules import find_encoder_linears
 
@@ -174,7 +180,9 @@ class MaskedWeight(nn.Module):
             self.register_buffer("sensitivity_ema", torch.zeros_like(weight))
             self.register_buffer("uncertainty_ema", torch.zeros_like(weight))
         self.straight_through = learn_scores
-        self.pending_sensitivity: Tensor | None = None  # Σ|W ⊙ ∂L/∂W'| since the last step()
+        # Σ W ⊙ ∂L/∂W' since the last step(), signed: the absolute value is taken in Pruner.step, after
+        # averaging over DDP ranks, so it is the sensitivity of the global batch's gradient.
+        self.pending_sensitivity: Tensor | None = None
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.scores is not None and self.straight_through and torch.is_grad_enabled():
@@ -190,7 +198,7 @@ class MaskedWeight(nn.Module):
     def _accumulate(self, weight: Tensor, grad: Tensor) -> None:
         # The gradient w.r.t. the masked weight W⊙M is dense, so pruned entries keep an importance
         # (the first-order estimate of putting them back) and can return while the schedule runs.
-        sensitivity = (weight * grad).abs_()
+        sensitivity = weight * grad
         if self.pending_sensitivity is None:
             self.pending_sensitivity = sensitivity
         else:
@@ -425,11 +433,15 @@ class Pruner:
 
     def _update_platon(self, pms: dict[str, MaskedWeight]) -> None:
         beta1, beta2 = self.platon_betas
+        # The hook saw this rank's gradient; DDP averages gradients over the ranks, so average
+        # W ⊙ ∇ the same way (W is the same everywhere) before |·|. Same modules on every rank.
+        dist.all_reduce_mean_(pm.pending_sensitivity for pm in pms.values() if pm.pending_sensitivity is not None)
         for pm in pms.values():
             current = pm.pending_sensitivity
             pm.pending_sensitivity = None
             if current is None:
                 continue
+            current.abs_()
             pm.sensitivity_ema.mul_(beta1).add_(current, alpha=1 - beta1)
             pm.uncertainty_ema.mul_(beta2).add_((current - pm.sensitivity_ema).abs_(), alpha=1 - beta2)
 

@@ -11,6 +11,12 @@ Checkpoints go to a directory beside the stage's output; a run started again res
 last one (model, optimizer, scheduler, RNG states, plus whatever stateful callbacks save).
 SIGTERM/SIGINT (what SLURM sends at a time limit or preemption) saves a checkpoint and raises
 :class:`Preempted`.
+
+Under ``torchrun`` (DDP, :mod:`lpaf.distributed`) ``--batch-size`` stays the global batch, the
+model is wrapped in DistributedDataParallel without buffer broadcasts (lpaf's buffers — masks,
+source matrices — are updated identically on every rank) and with unused-parameter detection only
+when a stage asks for it; only rank 0 prints, evaluates during training and writes lpaf's state
+files into checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import re
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from lpaf import distributed as dist
 from lpaf.errors import LpafError
 from lpaf.tasks import TaskSpec
 
@@ -47,7 +55,8 @@ class Preempted(Exception):
 class TrainArgs:
     epochs: float = field(default=3.0, metadata={"help": "training epochs"})
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate of the model weights"})
-    batch_size: int = field(default=32, metadata={"help": "training batch size"})
+    batch_size: int = field(default=32, metadata={
+        "help": "training batch size: the global batch, split evenly over the processes under torchrun"})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear LR warm-up"})
@@ -75,6 +84,11 @@ class TrainArgs:
             problems.append(f"--lr must be > 0 (got {self.lr})")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             problems.append("--batch-size and --eval-batch-size must be >= 1")
+        else:
+            try:
+                dist.per_device_batch(self.batch_size)
+            except LpafError as e:
+                problems.append(str(e))
         if not 0.0 <= self.distill_alpha <= 1.0:
             problems.append(f"--distill-alpha must be in [0, 1] (got {self.distill_alpha})")
         if not self.temperature > 0:
@@ -225,6 +239,10 @@ class SignalCheckpoint(TrainerCallback):
             step, _, name = fault.partition(":")
             if state.global_step == int(step):
                 os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
+        # Under DDP every rank must stop after the same step, or the others wait for it in the next
+        # all-reduce: a signal seen by any rank stops them all (one scalar all-reduce per step).
+        if dist.any_rank(self.signal_received is not None, args.device) and self.signal_received is None:
+            self.signal_received = signal.SIGTERM
         if self.signal_received is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -232,7 +250,9 @@ class SignalCheckpoint(TrainerCallback):
 
 
 class EvalCallback(TrainerCallback):
-    """Dev evaluation every ``every_steps`` (or at epoch ends): history and best score."""
+    """Dev evaluation every ``every_steps`` (or at epoch ends): history and best score.
+
+    Under DDP only rank 0 evaluates (every rank holds the same weights); the others skip it."""
 
     def __init__(self, evaluate_fn: Callable[[nn.Module], dict[str, float]], headline_key: str, every_steps: int = 0):
         self.evaluate_fn = evaluate_fn
@@ -241,6 +261,8 @@ class EvalCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
 
     def _run(self, state, model):
+        if not dist.is_main_process():
+            return
         metrics = self.evaluate_fn(model)
         model.train()
         self.history.append({"step": state.global_step, "epoch": state.epoch, **metrics})
@@ -302,8 +324,9 @@ def _check_resume_key(checkpoint_dir: Path, key: dict[str, Any], resuming: bool)
                             f"{flat_saved.get(k)!r} then, {flat_now.get(k)!r} now); rerun the same command to resume, "
                             f"or delete that directory to start over")
         return
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(key, sort_keys=True, default=str), encoding="utf-8")
+    if dist.is_main_process():  # every rank checks the key on resume; rank 0 alone writes it
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(key, sort_keys=True, default=str), encoding="utf-8")
 
 
 def _report_to(train_args: TrainArgs, checkpoint_dir: Path) -> list[str]:
@@ -339,22 +362,33 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
                 teacher: nn.Module | None = None, callbacks: Sequence[TrainerCallback] = (),
                 extra_param_groups: Sequence[dict] = (), extra_loss=None,
                 evaluate_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-                eval_every_steps: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+                eval_every_steps: int = 0, find_unused_parameters: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``model`` in place; return training statistics for metrics.json.
 
     Stateful callbacks may implement ``state_dict()`` / ``load_state_dict(d)``; their state is saved
     in every checkpoint (``lpaf_callbacks.json``) and restored on resume.
+
+    Under torchrun, ``train_args.batch_size`` is the global batch (each of the N processes takes
+    1/N of it) and ``find_unused_parameters`` tells DDP that some parameters get no gradient in
+    some steps (mixed-rank branches, frozen pruning scores); it costs a graph traversal per step,
+    so stages ask for it only when they need it. Every rank returns the same statistics; rank 0
+    alone evaluates (``evaluate_fn``) and prints.
     """
     checkpoint_dir = Path(checkpoint_dir)
     device = resolve_device(device)
     if precision != "fp32" and device != "cuda":
         raise LpafError(f"--precision {precision} needs --device cuda; on CPU use fp32")
+    if not dist.is_main_process():
+        log = _silent
+    processes = dist.world_size()
+    per_device = dist.per_device_batch(train_args.batch_size, processes)
     targs = TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=train_args.epochs,
         max_steps=train_args.max_steps,
         learning_rate=train_args.lr,
-        per_device_train_batch_size=train_args.batch_size,
+        per_device_train_batch_size=per_device,
         per_device_eval_batch_size=train_args.eval_batch_size,
         weight_decay=train_args.weight_decay,
         warmup_steps=train_args.warmup_ratio,  # a float < 1 is a ratio in transformers 5
@@ -373,7 +407,13 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         disable_tqdm=True,
         dataloader_num_workers=train_args.dataloader_num_workers,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=find_unused_parameters,  # HF's default (True for every model) costs every step
+        ddp_broadcast_buffers=False,  # masks, EMAs and source matrices are equal on every rank by construction
     )
+    if processes == 1 and targs.n_gpu > 1:
+        # HF would wrap the model in DataParallel and multiply the batch by the GPU count.
+        log(dist.single_process_warning(targs.n_gpu))
+        targs._n_gpu = 1
     timer = StepTimer()
     stopper = SignalCheckpoint()
     eval_cb = EvalCallback(evaluate_fn, task.headline_key, eval_every_steps) if evaluate_fn else None
@@ -384,6 +424,8 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     tb_dir = _logging_dir(train_args, checkpoint_dir)
     if tb_dir is not None:  # transformers 5's TensorBoard callback reads its directory from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = tb_dir
+    # torch 2.13 renames DDP's broadcast_buffers (forward_sync_buffers); HF only passes the old name.
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     trainer = LpafTrainer(model=model, args=targs, train_dataset=train_dataset, data_collator=collator,
                           callbacks=all_callbacks, task=task, teacher=teacher,
                           distill_alpha=train_args.distill_alpha, temperature=train_args.temperature,
@@ -408,7 +450,11 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     stats = {
         "train_steps": trainer.state.global_step,
         "train_examples": len(train_dataset),
-        "train_loss": float(result.training_loss),
+        "train_loss": _global_mean(float(result.training_loss), targs.device),
+        "world_size": processes,
+        "per_device_batch_size": per_device,
+        "global_batch_size": per_device * processes,
+        "ddp_find_unused_parameters": find_unused_parameters if processes > 1 else None,
         "train_wall_time_s": time.perf_counter() - t0,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         # (step, logged training loss): a run that learns nothing (a flat or exploding loss) shows here
@@ -422,8 +468,29 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     return stats
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _global_mean(value: float, device) -> float:
+    """The mean of a per-rank value over the ranks (itself in a single process).
+
+    The Trainer's ``training_loss`` is the all-gathered mean of the logged losses plus this rank's
+    loss since the last log: the mean over ranks is the global batch's loss, as in one process.
+    """
+    if not dist.is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce_mean_([t])
+    return float(t.item())
+
+
 class _CallbackStateSaver(TrainerCallback):
-    """Writes stateful callbacks' JSON state into each checkpoint so resume restores it."""
+    """Writes stateful callbacks' JSON state into each checkpoint so resume restores it.
+
+    Under DDP rank 0 writes (every rank holds the same state) and all ranks then meet at a barrier,
+    so no rank leaves (or is stopped by a signal) before the checkpoint is complete; on resume every
+    rank reads it."""
 
     FILE = "lpaf_callbacks.json"
 
@@ -433,16 +500,16 @@ class _CallbackStateSaver(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not ckpt.is_dir():
-            return
-        from lpaf.artifacts import write_json
+        if dist.is_main_process() and ckpt.is_dir():
+            from lpaf.artifacts import write_json
 
-        blob = {"callbacks": [cb.state_dict() for cb in self.stateful],
-                "eval_history": self.eval_cb.history if self.eval_cb else []}
-        write_json(ckpt / self.FILE, blob)
-        for cb in self.stateful:
-            if hasattr(cb, "save_tensors"):
-                cb.save_tensors(ckpt)
+            blob = {"callbacks": [cb.state_dict() for cb in self.stateful],
+                    "eval_history": self.eval_cb.history if self.eval_cb else []}
+            write_json(ckpt / self.FILE, blob)
+            for cb in self.stateful:
+                if hasattr(cb, "save_tensors"):
+                    cb.save_tensors(ckpt)
+        dist.barrier()
 
     @classmethod
     def restore(cls, ckpt: Path, stateful: Sequence[Any], eval_cb: EvalCallback | None) -> None:

@@ -3,6 +3,8 @@
 teacher dir in -> pruned model dir out: a stock transformers checkpoint with the zeros in the
 weights, ``masks.safetensors`` (boolean keep masks) and ``scores.safetensors`` (final importance,
 float32), both keyed by module name (what ``lpaf factorize`` reads), and ``metrics.json``.
+Under torchrun every process trains and prunes; the masks are checked to be identical on every
+rank (recorded as ``masks_identical_across_ranks``), and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpaf import distributed as dist
 from lpaf.analysis import magnitude_overlap
 from lpaf.artifacts import read_json
 from lpaf.errors import LpafError
-from lpaf.pruning import PruneMethod, Pruner, PruneScope, PruningCallback, ScoreInit, check_settings
+from lpaf.pruning import (LEARNED_SCORE_METHODS, PruneMethod, Pruner, PruneScope, PruningCallback, ScoreInit,
+                          check_settings)
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, checkpoint_dir_for, evaluate_model,
                                 evaluate_with_predictions, load_model, load_task_data, load_tokenizer, now,
                                 prepare_output, save_model_dir, seed_everything, stage_metrics, write_completion, METRICS_FILE)
@@ -94,8 +98,17 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
                         callbacks=[PruningCallback(pruner)], extra_param_groups=pruner.param_groups(),
                         extra_loss=pruner.regularization if args.method == "soft-movement" else None,
                         evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
-                        eval_every_steps=args.eval_every_steps)
-    masks, scores, density = pruner.masks(), pruner.scores(), pruner.density_report()
+                        eval_every_steps=args.eval_every_steps,
+                        # learned scores stop receiving gradients once the masks freeze
+                        find_unused_parameters=args.method in LEARNED_SCORE_METHODS)
+    masks = pruner.masks()
+    identical = dist.same_on_all_ranks(masks)  # a collective: every rank, before the workers leave
+    if identical is False:
+        raise RuntimeError("internal error: the pruning masks differ between DDP ranks")
+    if not dist.is_main_process():  # rank 0 evaluates and writes the artifact; the others wait for it
+        dist.finish()
+        return {}
+    scores, density = pruner.scores(), pruner.density_report()
     overlap = magnitude_overlap(masks, start_weights)
     del start_weights
     pruning_times = pruner.step_time_summary()
@@ -104,13 +117,15 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
     record = stage_metrics("prune", task, metrics, model, asdict_all(args, data_args, run_args, train_args),
                            now() - t0, data, method=args.method, density=args.density, achieved_density=density,
                            teacher=_teacher_summary(args.model), pruning_step_time=pruning_times, train=stats,
-                           magnitude_overlap=overlap, predictions=predictions)
+                           magnitude_overlap=overlap, masks_identical_across_ranks=identical,
+                           predictions=predictions)
     with atomic_output_dir(out) as tmp:
         save_model_dir(tmp, model.cpu(), tokenizer)
         _save_tensors(tmp / MASKS_FILE, masks, args)
         _save_tensors(tmp / SCORES_FILE, scores, args)
         write_completion(tmp, record)  # README.md, then metrics.json last
     _cleanup_checkpoints(out)
+    dist.finish()
     return record
 
 

@@ -5,6 +5,9 @@ from the teacher, and writes the final compressed model (no full-rank weight) an
 dev metrics at the end and at the best dev evaluation, the p(t) schedule used, parameter counts,
 wall time and step-time figures (during the anneal and after it, so the cost of the full-rank
 branch is visible).
+
+Under torchrun every process trains with the same branch draws (one seed, one generator per
+rank; checked and recorded as ``schedule.same_on_all_ranks``); rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Literal
 
 from transformers import TrainerCallback
 
+from lpaf import distributed as dist
 from lpaf.artifacts import read_json, require_complete
 from lpaf.errors import LpafError
 from lpaf.mixed_rank import SOURCE_WEIGHTS_FILE, AnnealSchedule
@@ -183,7 +187,16 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
                         seed=run_args.seed, device=run_args.device, precision=run_args.precision, teacher=teacher,
                         callbacks=callbacks,
                         evaluate_fn=lambda m: evaluate_model(m, data, train_args.eval_batch_size, device),
-                        eval_every_steps=args.eval_every_steps)
+                        eval_every_steps=args.eval_every_steps,
+                        # a module running W_s leaves A and B without gradient (and extras or a trainable
+                        # W_s idle in the other branch): DDP must not wait for them
+                        find_unused_parameters=scheduler is not None)
+    same_draws = dist.same_on_all_ranks(scheduler.log) if scheduler else None  # a collective: all ranks
+    if same_draws is False:
+        raise RuntimeError("internal error: the mixed-rank branch draws differ between DDP ranks")
+    if not dist.is_main_process():  # rank 0 evaluates and writes the artifact; the others wait for it
+        dist.finish()
+        return {}
     detached = detach(model)
     metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device)
     stats["step_time_by_phase"] = timer.summary()
@@ -194,7 +207,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         "source": {"model": args.model, **source_info},
         "density": source_info.get("density"),
         "best_eval": stats.get("best_eval"),
-        "schedule": scheduler.summary() if scheduler else None,
+        "schedule": {**scheduler.summary(), "same_on_all_ranks": same_draws} if scheduler else None,
         "factor_budget": budget,
         "modules_detached": detached,
         "teacher": args.teacher if teacher is not None else None,
@@ -208,6 +221,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         save_lowrank_model(model.cpu(), tmp, tokenizer)
         write_completion(tmp, record)  # README.md, then metrics.json last
     _cleanup_checkpoints(out)
+    dist.finish()
     return record
 
 

@@ -23,6 +23,6 @@ rule finetune:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {train_launcher()} "
         "finetune --model {params.model} {params.revision} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {params.out} > {log} 2>&1"

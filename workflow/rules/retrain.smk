@@ -23,6 +23,6 @@ rule retrain:
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {train_launcher()} "
         "retrain --model {params.model} --teacher {params.teacher} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {params.out} > {log} 2>&1"
