@@ -26,6 +26,8 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                  "fine-tune a pre-trained model on a task (the dense teacher)"),
     "evaluate": ("lpaf.stages.evaluate", "EvaluateArgs", ("DataArgs", "RunArgs"), {},
                  "score any model directory on a task's dev split(s)"),
+    "time-models": ("lpaf.stages.timing", "TimingArgs", ("RunArgs",), {},
+                    "time the dense and compressed models side by side, round-robin in one process"),
     "prune": ("lpaf.stages.prune", "PruneArgs", ("DataArgs", "RunArgs", "TrainArgs"),
               {"epochs": 10.0, "lr": 3e-5, "distill_alpha": 0.9, "warmup_ratio": 0.0},
               "movement / magnitude / soft-movement / PLATON pruning of the encoder linears"),

@@ -2,12 +2,13 @@
 
 Input: a list of *run rows*, one per (model, task, method, density, seed), each naming the
 files of that run - the stage's ``metrics.json`` (dev metrics, parameter counts), and optionally
-the ``eval.json`` of the model and of its dense teacher (inference latency, from
-``lpaf evaluate --latency-batches N``). The workflow writes these rows; any script can too.
+the ``timing.json`` of ``lpaf time-models`` that timed the model and its dense teacher side by side
+(``timing``, with the two directories as ``timing_model`` / ``timing_dense``; older rows may name
+``eval.json`` files with a ``latency_ms`` instead). The workflow writes these rows; any script can too.
 
 Outputs:
 - ``runs.csv``: one line per run (every dev metric, headline, % retained, parameters, latency,
-  speed-up vs the dense teacher of the same task and seed);
+  speed-up vs the dense teacher of the same task and seed, the device it was timed on);
 - ``table.csv``: one line per (model, task, method, density): mean and std over seeds of every
   dev metric and of the headline metric, % encoder parameters retained (non-zero weights, so
   sparse and low-rank models share one axis), whole-model parameters, speed-up, number of seeds;
@@ -70,6 +71,20 @@ def _latency_ms(path: str | Path | None) -> float:
     return float(latency)
 
 
+_TIMING_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _timed_ms(path: str, model_dir: str) -> tuple[float, str]:
+    """Median latency of one model in a timing.json, and the device it ran on."""
+    if path not in _TIMING_CACHE:
+        _TIMING_CACHE[path] = _read_json(path)
+    blob = _TIMING_CACHE[path]
+    entry = (blob.get("latency_ms") or {}).get(model_dir)
+    if not isinstance(entry, dict) or "median_ms" not in entry:
+        raise LpafError(f"report: {path} did not time {model_dir} (timed: {', '.join(blob.get('latency_ms') or {})})")
+    return float(entry["median_ms"]), str(blob.get("device", ""))
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
@@ -104,8 +119,13 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     record["best_headline"] = _number(best.get(blob["headline_metric"]))
     for key in blob["metrics"]:
         record[f"best_{key}"] = _number(best.get(key))
-    record["latency_ms"] = _latency_ms(row.get("eval"))
-    record["dense_latency_ms"] = _latency_ms(row.get("dense_eval"))
+    if row.get("timing"):  # one side-by-side timing job (lpaf time-models)
+        record["latency_ms"], record["device"] = _timed_ms(row["timing"], row["timing_model"])
+        record["dense_latency_ms"], _ = _timed_ms(row["timing"], row["timing_dense"])
+    else:
+        record["latency_ms"] = _latency_ms(row.get("eval"))
+        record["dense_latency_ms"] = _latency_ms(row.get("dense_eval"))
+        record["device"] = ""
     record["speedup"] = record["dense_latency_ms"] / record["latency_ms"] if record["latency_ms"] > 0 else math.nan
     record["speedup_measured"] = not math.isnan(record["speedup"])
     return record
@@ -146,6 +166,8 @@ def _fill_unmeasured_speedup(runs):
     means = measured.groupby(["model", "method", "density"])["speedup"].mean()
     fill = runs.apply(lambda r: means.get((r["model"], r["method"], r["density"]), math.nan), axis=1)
     runs["speedup"] = runs["speedup"].where(runs["speedup_measured"], fill)
+    devices = measured.groupby("model")["device"].first()  # the model's one timing job
+    runs["device"] = runs["device"].where(runs["speedup_measured"], runs["model"].map(devices).fillna(""))
     return runs
 
 
@@ -184,6 +206,7 @@ def aggregate(runs):
         row["speedup_mean"] = g["speedup"].mean()
         row["speedup_std"] = g["speedup"].std(ddof=1) if g["speedup"].notna().sum() > 1 else math.nan
         row["speedup_measured"] = bool(g["speedup_measured"].all())
+        row["device"] = next((d for d in g["device"] if d), "")
         row["chain"] = g["chain"].iloc[0]
         out_rows.append(row)
     table = pd.DataFrame(out_rows)
@@ -195,7 +218,7 @@ def aggregate(runs):
                          "headline_std"]
     metric_out = [c for c in table.columns if c not in lead and (c.endswith("_mean") or c.endswith("_std"))
                   and not c.startswith("speedup")]
-    tail = MEAN_ONLY + ["speedup_mean", "speedup_std", "speedup_measured", "chain"]
+    tail = MEAN_ONLY + ["speedup_mean", "speedup_std", "speedup_measured", "device", "chain"]
     return table[lead + metric_out + tail]
 
 

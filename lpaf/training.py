@@ -38,6 +38,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from lpaf import distributed as dist
+from lpaf.deadline import arm_signal_before_end
 from lpaf.errors import LpafError
 from lpaf.tasks import TaskSpec
 
@@ -206,9 +207,9 @@ class StepTimer(TrainerCallback):
 
 
 class SignalCheckpoint(TrainerCallback):
-    """On SIGTERM/SIGINT, or SIGUSR1 (what a SLURM job asks for ahead of its time limit with
-    ``--signal=USR1@<seconds>``): finish the current step, save a checkpoint, stop training; the
-    stage then exits 75 and the same command resumes."""
+    """On SIGTERM/SIGINT, or SIGUSR1 (raised ahead of a SLURM time limit by lpaf.deadline, or sent by
+    ``scancel --signal=USR1`` / ``sbatch --signal`` in a plain batch script): finish the current step,
+    save a checkpoint, stop training; the stage then exits 75 and the same command resumes."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -439,9 +440,13 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         _CallbackStateSaver.restore(resume, stateful, eval_cb)
     t0 = time.perf_counter()
     stopper.install()
+    # SIGUSR1 before a SLURM time limit (LPAF_SIGNAL_BEFORE_END_S): the stopper checkpoints and stops
+    deadline = arm_signal_before_end()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
+        if deadline is not None:
+            deadline.cancel()
         stopper.uninstall()
     if stopper.signal_received is not None:
         name = signal.Signals(stopper.signal_received).name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pytest
 
 from conftest import make_tiny_model
@@ -90,6 +91,33 @@ def test_usr1_ahead_of_the_time_limit_checkpoints_and_resumes(tmp_path, glue_dir
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert cut["train"]["resumed_from_step"] == 3 and cut["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
+
+
+def test_warned_before_a_slurm_time_limit_it_checkpoints_and_the_retry_resumes(tmp_path, glue_dir, monkeypatch,
+                                                                                capsys):
+    """In a SLURM job with LPAF_SIGNAL_BEFORE_END_S (profiles/slurm), the stage raises SIGUSR1 itself
+    that many seconds before the job's time limit (squeue's time left): checkpoint, exit 75, resume."""
+    import stat
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho '0:40'\n")  # 40 s left: inside the 300 s margin
+    (bin_dir / "squeue").chmod(0o755 | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    model = make_tiny_model(tmp_path / "m")
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-length", 32,
+            "--batch-size", 8, "--epochs", 1, "--seed", 3, "--device", "cpu", "--save-steps", 100]
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("LPAF_SIGNAL_BEFORE_END_S", "300")
+    assert _run([*args, "--out", tmp_path / "cut"]) == 75
+    captured = capsys.readouterr()
+    assert "SLURM job 4242 has 40 s left: SIGUSR1 in 0 s" in captured.out
+    assert "received SIGUSR1; checkpoint saved at step" in captured.err
+    assert not (tmp_path / "cut").exists()
+    monkeypatch.delenv("SLURM_JOB_ID")  # the retry (a new job with more time)
+    assert _run([*args, "--out", tmp_path / "cut"]) == 0
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert 1 <= cut["train"]["resumed_from_step"] < cut["train"]["train_steps"]
 
 
 def test_resume_refuses_checkpoints_of_other_settings(tmp_path, glue_dir, monkeypatch, capsys):

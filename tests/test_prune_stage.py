@@ -199,3 +199,16 @@ def test_load_pruning_tensors_checks_the_model(tmp_path, glue_dir):
     (out / "masks.safetensors").write_bytes(b"\x10\x00")
     with pytest.raises(LpafError, match="not a readable safetensors file"):
         load_pruning_tensors(out, model)
+
+
+def test_best_dev_evaluation_of_a_pruning_run_counts_only_the_final_density():
+    """A mid-schedule evaluation scores a denser model: it is never the pruned model's best."""
+    from types import SimpleNamespace
+
+    from lpaf.stages.prune import best_at_final_density
+
+    pruner = SimpleNamespace(schedule=SimpleNamespace(freeze_step=80))
+    stats = {"train_steps": 100, "eval_history": [{"step": 40, "accuracy": 0.95}, {"step": 90, "accuracy": 0.81}]}
+    assert best_at_final_density(stats, {"accuracy": 0.80}, pruner, "accuracy") == {"step": 90, "accuracy": 0.81}
+    assert best_at_final_density(stats, {"accuracy": 0.85}, pruner, "accuracy")["step"] == 100  # end of training
+    assert best_at_final_density({"train_steps": 100}, {"accuracy": 0.7}, pruner, "accuracy")["accuracy"] == 0.7

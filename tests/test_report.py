@@ -296,3 +296,26 @@ def test_rank_points_are_seed_means_with_sample_std():
     assert points[0] == (10.0, 50.0, 0.0)
     x, mean, std = points[1]
     assert x == pytest.approx(25.01) and mean == pytest.approx(110.0) and std == pytest.approx(10.0)
+
+
+def test_speedup_and_device_come_from_the_one_timing_job(runs_dir, tmp_path):
+    """Rows naming a timing.json take both latencies from it (one process, one device) and its device."""
+    _, rows = runs_dir
+    timed = {}
+    for r in rows:
+        if r["task"] == "mrpc":
+            model_dir, dense_dir = str(Path(r["metrics"]).parent), str(Path(r["dense_eval"]).parent)
+            timed[model_dir] = {"median_ms": 10.0 if r["method"] == "dense" else 4.0}
+            r.update(timing=str(tmp_path / "timing.json"), timing_model=model_dir, timing_dense=dense_dir,
+                     eval=None, dense_eval=None)
+    (tmp_path / "timing.json").write_text(json.dumps({"device": "cuda: Fake GPU", "latency_ms": timed}))
+    runs = load_runs(rows)
+    svd = runs[(runs.task == "mrpc") & (runs.method == "svd")]
+    assert list(svd["speedup"]) == pytest.approx([2.5, 2.5, 2.5]) and set(svd["device"]) == {"cuda: Fake GPU"}
+    table = aggregate(runs)
+    assert set(table["device"]) == {"cuda: Fake GPU"}  # rte (not timed) takes the timing job's device too
+    rte = table[(table.task == "rte") & (table.method == "svd")].iloc[0]
+    assert rte["speedup_mean"] == pytest.approx(2.5) and not bool(rte["speedup_measured"])
+    rows[0]["timing_model"] = "/not/timed"
+    with pytest.raises(LpafError, match="did not time /not/timed"):
+        load_runs(rows)

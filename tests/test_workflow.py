@@ -139,9 +139,12 @@ FAKE_LPAF = textwrap.dedent('''\
         with open(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(stage_record(retained), f)
     elif stage == "evaluate":
-        retained = read(one("model"))["retained_percent_nonzero"]
         with open(out, "w") as f:
-            json.dump({{"latency_ms": {{"median_ms": 1.0 + retained}}}}, f)
+            json.dump(read(one("model")), f)
+    elif stage == "time-models":
+        timed = {{m: {{"median_ms": 1.0 + read(m)["retained_percent_nonzero"]}} for m in flags["models"]}}
+        with open(out, "w") as f:
+            json.dump({{"device": "cpu: fake", "latency_ms": timed}}, f)
     elif stage == "rank-study":
         m = read(one("models"))
         with open(out, "w") as f:
@@ -213,8 +216,9 @@ def test_paper_config_plans_the_full_dag(tmp_path):
         "prune": ts * 2 * densities + 3 * seeds * 2 * 5,
         "factorize": ts * 6 * densities + 3 * seeds * 4,  # dense-svd, dense-fwsvd, mag-svd, mov-sa, mov-svd, mov-fisher-sa
         "retrain": ts * 7 * densities + 3 * seeds * 4,    # 7 factorized rows + sweep
-        "evaluate": ts * (1 + 9 * densities) + 3 * seeds * 4,  # every final model, dense included
+        "evaluate": seeds * (1 + 9 * densities),  # reload check of every final SST-2 model (evaluate.tasks)
         "rank_study": 3 * seeds * (1 + 2 * 8),  # mrpc, rte, cola: teacher + 2 pruners x rank_study.densities
+        "timing": 1,  # one job times every SST-2 model (evaluate.tasks) side by side
         "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "figure_ablation": 1, "all": 1,
     }
     assert job_counts(res.stdout + res.stderr) == expected
@@ -235,6 +239,50 @@ def test_rank_study_has_its_own_density_grid_and_paper_tasks_by_default(tmp_path
     assert {j["rule"] for j in at_03} == {"prune", "rank_study"}
     assert all("/mrpc/" in j["output"] for j in at_03)
     assert all("/mrpc/" in j["output"] for j in jobs if j["rule"] == "rank_study")
+
+
+def _resources(job: dict[str, str]) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in job["resources"].split(", ") if "=" in kv)
+
+
+def test_slurm_resources_per_rule_and_task_from_the_config(tmp_path):
+    """With the SLURM profile, each job asks for the rule's threads as CPUs, a GPU only on CUDA, time and
+    memory scaled by the task's training set and steps, and the CPU / GPU placement of `cluster` - set
+    in one place without clobbering the rest."""
+    cluster = "cluster={gpu: {partition: gpuq, account: proj, qos: high, gpu_model: a100}, cpu: {partition: cpuq}}"
+    res = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), "--config", cluster,
+                    configfile=CONFIGS["paper"], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = planned_jobs(res.stdout)
+    paper = yaml.safe_load(CONFIGS["paper"].read_text())
+    prunes = [j for j in jobs if j["rule"] == "prune"]
+    assert prunes
+    runtime = {}
+    for job in prunes:
+        r = _resources(job)
+        assert r["cpus_per_task"] == str(paper["compute"]["train_threads"]) and r["gpu"] == "1"
+        assert (r["slurm_partition"], r["slurm_account"], r["qos"], r["gpu_model"]) == ("gpuq", "proj", "high", "a100")
+        assert r["signal_before_end_s"] == "300"  # profiles/slurm: checkpoint before the time limit
+        task = re.search(r"/bert-base-uncased/(\w+)/", job["output"]).group(1)
+        runtime.setdefault(task, set()).add(int(r["runtime"]))
+        assert "LPAF_SIGNAL_BEFORE_END_S=300" in job["shell"]
+    assert max(runtime["rte"]) < min(runtime["mnli"])  # 2.5k vs 393k training examples
+    ranks = [_resources(j) for j in jobs if j["rule"] == "rank_study"]
+    assert ranks and all(r["slurm_partition"] == "cpuq" and "gpu" not in r and "slurm_account" not in r
+                         for r in ranks)
+    timing = [j for j in jobs if j["rule"] == "timing"]
+    assert len(timing) == 1 and _resources(timing[0])["gpu"] == "1"  # one timing job per model and device
+    assert all("--precision bf16" in j["shell"] and "--tf32" in j["shell"] for j in prunes)  # CUDA defaults
+
+
+def test_cpu_runs_request_no_gpu_and_evaluate_does_not_time(tmp_path):
+    res = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), configfile=CONFIGS["smoke"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = planned_jobs(res.stdout)
+    assert all("gpu" not in _resources(j) for j in jobs if j["resources"])
+    assert all("--latency-batches" not in j["shell"] and "--precision" not in j["shell"]
+               for j in jobs if j["rule"] == "evaluate")
+    assert [j["rule"] for j in jobs].count("timing") == 1
 
 
 def test_default_config_plans_all_rows_from_the_hub(tmp_path):
@@ -313,12 +361,12 @@ def test_training_jobs_run_offline_and_ask_for_gpus_only_with_cuda(tmp_path):
     training = ("finetune", "prune", "factorize", "retrain", "evaluate")
     for job in (j for j in cpu if j["rule"] in training):
         assert job["shell"].startswith("HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ")
-        assert "--device cpu" in job["shell"] and "gpu=0" in job["resources"]
-    for job in (j for j in cuda if j["rule"] in training):
-        assert "--device cuda" in job["shell"] and "gpu=2" in job["resources"]
-        assert ("--precision bf16" in job["shell"]) == (job["rule"] in ("finetune", "prune", "retrain"))
-    assert all("gpu=" not in j["resources"] or "gpu=0" in j["resources"]
-               for j in cuda if j["rule"] in ("rank_study", "table", "smoke_assets"))
+        assert "--device cpu" in job["shell"] and "gpu=" not in job["resources"]
+    for job in (j for j in cuda if j["rule"] in training + ("timing",)):
+        ddp = job["rule"] in ("finetune", "prune", "retrain")  # DDP over both GPUs; the others run one process
+        assert "--device cuda" in job["shell"] and f"gpu={2 if ddp else 1}" in job["resources"]
+        assert ("--precision bf16" in job["shell"]) == ddp
+    assert all("gpu=" not in j["resources"] for j in cuda if j["rule"] in ("rank_study", "table", "smoke_assets"))
 
 
 def test_every_planned_lpaf_command_parses_with_the_real_cli(tmp_path):
@@ -347,9 +395,9 @@ def test_every_planned_lpaf_command_parses_with_the_real_cli(tmp_path):
 
 
 # flags the workflow sets itself (paths, wildcards, compute) rather than from stage settings
-WORKFLOW_OWNED_FLAGS = {"model", "out", "teacher", "task", "data", "seed", "device", "precision", "density",
+WORKFLOW_OWNED_FLAGS = {"model", "out", "teacher", "task", "data", "seed", "device", "precision", "tf32", "density",
                         "model_revision", "revision", "models", "figure", "labels", "latency_batches", "batch_size",
-                        "logging_dir"}  # logging_dir: beside each artifact by default (a per-artifact path)
+                        "logging_dir"}  # logging_dir: beside each artifact; tf32: compute.tf32
 SCHEMA_GROUPS = {  # config block -> (stage command, flag groups of the schema it accepts)
     "finetune": ("finetune", ("finetune", "train", "data")),
     "prune": ("prune", ("prune", "train", "data")),
@@ -397,8 +445,8 @@ def test_adding_a_density_adds_only_the_new_jobs(fake_work):
     assert res.returncode == 0, res.stderr[-2000:]
     counts = job_counts(res.stdout)
     assert counts == {"prune": 4 * 2, "factorize": 4 * 5, "retrain": 4 * 6, "evaluate": 8, "rank_study": 2,
-                      "table": 1, "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1,
-                      "all": 1}
+                      "timing": 1, "table": 1, "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1,
+                      "figure_ablation": 1, "all": 1}
     for job in planned_jobs(res.stdout):
         if job["rule"] in ("prune", "factorize", "retrain", "evaluate", "rank_study"):
             assert "-d0.25" in job["output"], job
@@ -409,7 +457,7 @@ def test_changing_one_retrain_setting_reruns_only_jobs_downstream_of_it(fake_wor
     res = snakemake(work, "-n", "--config", "retrain={mixed-rank: {p0: 0.5}}", env=fake_env)
     assert res.returncode == 0, res.stderr[-2000:]
     # rows lpaf and lpaf - sa-svd use mixed-rank: 2 re-trainings per task, evaluated on mrpc only
-    assert job_counts(res.stdout) == {"retrain": 2 * 4, "evaluate": 2, "table": 1, "figure_metric": 4,
+    assert job_counts(res.stdout) == {"retrain": 2 * 4, "evaluate": 2, "timing": 1, "table": 1, "figure_metric": 4,
                                       "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1, "all": 1}
     retrains = [j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "retrain"]
     assert all("/retrain-mixed-rank-" in o for o in retrains)
@@ -431,8 +479,9 @@ def test_an_interrupted_job_is_redone_exactly(fake_work):
     assert res.returncode != 0 and not victim.exists() and (victim.parent / "model.safetensors").exists()
     res = snakemake(work, "-n", env=fake_env)
     # exactly the interrupted job and what depends on it
-    assert job_counts(res.stdout) == {"factorize": 1, "retrain": 1, "evaluate": 1, "table": 1, "figure_metric": 4,
-                                      "figure_rank": 1, "figure_speedup": 1, "all": 1}
+    assert job_counts(res.stdout) == {"factorize": 1, "retrain": 1, "evaluate": 1, "timing": 1, "table": 1,
+                                      "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1,
+                                      "all": 1}
     assert {j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "factorize"} == {target}
 
 
@@ -457,7 +506,7 @@ BAD_OVERRIDES = [
      r"model_path = '/nonexistent/model': no such model directory"),
     ("missing data dir", ["smoke_assets=False", "model_path=null", "data_dir=/nonexistent/data"],
      r"data_dir = '/nonexistent/data': no such directory"),
-    ("unknown top-level key", ["sedes=[1]"], r"unknown key\(s\) 'sedes' at the top level; accepted keys: compute,"),
+    ("unknown top-level key", ["sedes=[1]"], r"unknown key\(s\) 'sedes' at the top level; accepted keys: cluster, compute,"),
     ("unknown nested key", ["retrain={plain: {p_0: 1}}"],
      r"unknown key\(s\) 'p_0' under 'retrain.plain'; accepted keys: .*anneal_fraction"),
     ("wrong type", ["compute={train_threads: two}"], r"compute.train_threads = 'two' has the wrong type: expected integer"),
@@ -653,6 +702,7 @@ def local_slurm(tmp_path_factory):
         SlurmdParameters=config_overrides
         NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 2} RealMemory=64000 State=UNKNOWN
         PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+        PartitionName=lpafcpu Nodes=ALL MaxTime=INFINITE State=UP
         """)
     conf_path = d / "slurm.conf"
     conf_path.write_text(conf)
@@ -692,13 +742,58 @@ def test_slurm_profile_produces_the_same_table(local_slurm, smoke_local, tmp_pat
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
-    assert len(submitted) == 68  # every job but the 9 local ones (smoke assets, table, 6 figures, all)
+    assert len(submitted) == 69  # every job but the 10 local ones (smoke assets, table, 7 figures, all)
     assert not re.search(r"^localrule (finetune|prune|factorize|retrain|evaluate|rank_study):", out, re.M)
     local = pd.read_csv(smoke_local / "results" / "table.csv").drop(columns=TIMING_COLUMNS)
     slurm = pd.read_csv(work / "results" / "table.csv").drop(columns=TIMING_COLUMNS)
     pd.testing.assert_frame_equal(local, slurm, check_exact=False, rtol=1e-6, atol=1e-9)
     again = snakemake(work, "-n", "--profile", str(REPO / "profiles" / "slurm"), env=local_slurm)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _slurm_jobs(env: dict) -> list[dict[str, str]]:
+    """Every job slurmctld still remembers (finished ones for MinJobAge, 300 s), as key=value dicts."""
+    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, env=env).stdout
+    return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_slurm_jobs_get_config_resources_and_checkpoint_before_the_time_limit(local_slurm, tmp_path):
+    """On a real SLURM: jobs ask for the rule's threads, the config's memory, time limit and partition;
+    a training job warned `signal_before_end_s` before its 1-minute limit checkpoints and exits 75, the
+    retry gets a longer limit (and more memory) and resumes from the checkpoint."""
+    cfg = write_config(
+        tmp_path, tasks=["mrpc"], methods={"dense": {}}, rank_study={"enabled": False},
+        compute={"device": "cpu", "train_threads": 2, "eval_threads": 1},
+        finetune={"max_steps": 1500, "save_steps": 500, "logging_steps": 100},
+        cluster={"cpu": {"partition": "lpafcpu"}, "step_seconds": {"finetune": 1e-6, "prune": 1e-6, "retrain": 1e-6},
+                 "fixed_min": {"finetune": 0.5, "evaluate": 0.5, "timing": 0.5}, "runtime_safety": 1,
+                 "min_runtime_min": 1, "mem_mb": {"finetune": 1500, "evaluate": 1000, "timing": 1000},
+                 "mem_mb_per_100k_examples": 0, "mem_mb_per_timed_model": 0})
+    work = tmp_path / "work"
+    res = snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), "--slurm-status-command", "squeue",
+                    "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+                    "--set-resources", "finetune:signal_before_end_s=50",
+                    configfile=cfg, env=local_slurm, timeout=3000)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    metrics = json.loads(next((work / "results").rglob("mrpc/s0/dense-*/metrics.json")).read_text())
+    assert metrics["train"]["train_steps"] == 1500
+    assert metrics["train"]["resumed_from_step"] is not None  # the warned attempt left a checkpoint
+    jobs = {}
+    for job in _slurm_jobs(local_slurm):
+        jobs.setdefault(job.get("Comment", "").split("_wildcards")[0], []).append(job)
+    finetune = sorted(jobs["rule_finetune"], key=lambda j: int(j["JobId"]))
+    assert len(finetune) >= 2, [j.get("JobState") for j in finetune]  # warned, then retried
+    assert [j["TimeLimit"] for j in finetune[:2]] == ["00:01:00", "00:02:00"]  # runtime grows with attempt
+    for job in finetune:
+        assert job["NumCPUs"] == "2" and job["Partition"] == "lpafcpu"
+    assert finetune[0]["MinMemoryNode"] == "1500M" and finetune[1]["MinMemoryNode"] == "2250M"
+    for rule in ("rule_evaluate", "rule_timing"):
+        assert jobs[rule] and all(j["NumCPUs"] == "1" and j["Partition"] == "lpafcpu" and j["MinMemoryNode"] == "1000M"
+                                  for j in jobs[rule]), jobs.get(rule)
 
 
 def test_config_reference_is_current():

@@ -62,6 +62,16 @@ class RunArgs:
     seed: int = field(default=42, metadata={"help": "random seed (data order, dropout, sampling)"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where to run"})
     precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "training precision (CUDA)"})
+    tf32: bool = field(default=True, metadata={"help": "let fp32 matmuls use TF32 tensor cores on CUDA (Ampere "
+                                                       "and newer; no effect on CPU); --no-tf32: strict fp32"})
+
+    def __post_init__(self):
+        # every stage parses RunArgs before it computes anything: the one place to set this
+        import torch
+
+        precision = "tf32" if self.tf32 else "ieee"  # CUDA backends only: CPU matmuls stay fp32
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
 
 
 @dataclass

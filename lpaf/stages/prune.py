@@ -118,7 +118,8 @@ def run(args: PruneArgs, data_args: DataArgs, run_args: RunArgs, train_args: Tra
                            now() - t0, data, method=args.method, density=args.density, achieved_density=density,
                            teacher=_teacher_summary(args.model), pruning_step_time=pruning_times, train=stats,
                            magnitude_overlap=overlap, masks_identical_across_ranks=identical,
-                           predictions=predictions)
+                           predictions=predictions,
+                           best_eval=best_at_final_density(stats, metrics, pruner, task.headline_key))
     with atomic_output_dir(out) as tmp:
         save_model_dir(tmp, model.cpu(), tokenizer)
         _save_tensors(tmp / MASKS_FILE, masks, args)
@@ -199,3 +200,12 @@ def _cleanup_checkpoints(out) -> None:
     import shutil
 
     shutil.rmtree(checkpoint_dir_for(out), ignore_errors=True)
+
+
+def best_at_final_density(stats: dict, final_metrics: dict, pruner, headline_key: str) -> dict:
+    """The best dev evaluation at the target density: those after the schedule froze the masks, and
+    the end of training. Evaluations during the schedule score denser models, so they never count."""
+    freeze = pruner.schedule.freeze_step if pruner.schedule is not None else 0
+    entries = [h for h in stats.get("eval_history") or [] if h["step"] > freeze]
+    entries.append({"step": stats.get("train_steps"), "epoch": None, **final_metrics})
+    return max(entries, key=lambda h: h[headline_key])

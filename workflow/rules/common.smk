@@ -68,11 +68,21 @@ def gpus():
     return config["compute"]["gpus"] if use_cuda() else 0
 
 
+def training_precision():
+    """compute.precision, with auto = bf16 on cuda (fp32 where the device is only known at run time)."""
+    precision = config["compute"]["precision"]
+    if precision == "auto":
+        return "bf16" if config["compute"]["device"] == "cuda" else "fp32"
+    return precision
+
+
 def run_flags(training=True):
     compute = config["compute"]
     flags = {"device": compute["device"]}
     if training and compute["device"] != "cpu":
-        flags["precision"] = compute["precision"]
+        flags["precision"] = training_precision()
+    if compute["device"] != "cpu":
+        flags["tf32"] = compute["tf32"]
     return to_flags(flags)
 
 
@@ -137,7 +147,17 @@ def evaluate_flags(wildcards):
     ts = config["task_settings"].get(wildcards.task, {})
     if ts.get("revision"):
         data["revision"] = ts["revision"]
-    return to_flags(data | {"batch_size": ev["batch_size"], "latency_batches": ev["latency_batches"]})
+    return to_flags(data | {"batch_size": ev["batch_size"]})
+
+
+def timing_inputs(wildcards):
+    """Every model the timing job times: the final models of the timed tasks and their teachers."""
+    models = []
+    for row in PLAN.report_rows():
+        for key in ("timing_model", "timing_dense"):
+            if row.get(key):
+                models.append(f"{row[key]}/metrics.json")
+    return sorted(set(models))
 
 
 def out_dir(path):

@@ -103,9 +103,9 @@ def semantic_problems(cfg):
         for t in cfg[key]["tasks"] or []:
             if t not in tasks:
                 problems.append(f"{key}.tasks names {t!r}, which is not in tasks; accepted values: {', '.join(tasks)}")
-    if cfg["compute"]["precision"] != "fp32" and cfg["compute"]["device"] == "cpu":
+    if cfg["compute"]["precision"] not in ("fp32", "auto") and cfg["compute"]["device"] == "cpu":
         problems.append(f"compute.precision = {cfg['compute']['precision']!r} needs compute.device cuda; "
-                        f"accepted on cpu: fp32")
+                        f"accepted on cpu: fp32, auto")
     if cfg["smoke_assets"]:
         for key in ("model_path", "data_dir"):
             if not cfg[key]:

@@ -1,6 +1,6 @@
-# Measurements on finished models: reload + dev scores + inference latency (the table's speed-up
-# column), and the rank study of the teacher and the pruned models (claims C1, C2).
-# Thread counts are fixed by the config, so latencies of different models compare.
+# Measurements on finished models: reload + dev scores (evaluate), inference latency of every model
+# side by side in one job per (model, device) (timing: the table's speed-up and device columns), and
+# the rank study of the teacher and the pruned models (claims C1, C2).
 
 
 rule evaluate:
@@ -17,7 +17,7 @@ rule evaluate:
         run=run_flags(training=False),
     threads: config["compute"]["eval_threads"]
     resources:
-        gpu=gpus(),
+        **cluster_resources("evaluate", "eval_threads"),
     conda:
         "../envs/lpaf.yaml"
     shell:
@@ -36,8 +36,31 @@ rule rank_study:
     params:
         model=lambda wildcards, input: out_dir(input.model),
     threads: config["compute"]["eval_threads"]
+    resources:
+        **cluster_resources("rank_study", "eval_threads"),
     conda:
         "../envs/lpaf.yaml"
     shell:
         f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
         "rank-study --models {params.model} --out {output.json} > {log} 2>&1"
+
+
+rule timing:
+    input:
+        models=timing_inputs,
+    output:
+        json=f"{RESULTS}/{{model}}/timing.json",
+    log:
+        "logs/{model}/timing.log",
+    params:
+        models=lambda wildcards, input: " ".join(shlex.quote(out_dir(m)) for m in input.models),
+        flags=to_flags({"rounds": config["evaluate"]["latency_batches"]}),
+        run=run_flags(training=False),
+    threads: config["compute"]["eval_threads"]  # fixed, so latencies of different runs compare
+    resources:
+        **cluster_resources("timing", "eval_threads"),
+    conda:
+        "../envs/lpaf.yaml"
+    shell:
+        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {LPAF} "
+        "time-models --models {params.models} {params.flags} {params.run} --out {output.json} > {log} 2>&1"

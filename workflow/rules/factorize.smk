@@ -17,7 +17,7 @@ rule factorize:
         out=lambda wildcards, output: out_dir(output.metrics),
     threads: config["compute"]["train_threads"]
     resources:
-        gpu=gpus(),
+        **cluster_resources("factorize", "train_threads"),
     conda:
         "../envs/lpaf.yaml"
     shell:

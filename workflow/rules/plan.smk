@@ -9,7 +9,8 @@
 # so two settings never share a directory, changing one setting creates new directories for it
 # and what is downstream of it only, and table rows that share a chain prefix share its files.
 # Each directory holds the model and metrics.json (the completion record; the rule's output),
-# plus eval.json (evaluate rule: reloaded scores and latency) and rank.json (rank study).
+# plus eval.json (evaluate rule: reloaded scores) and rank.json (rank study); results/{model}/timing.json
+# times every model of the grid side by side (the speed-up column).
 
 
 import hashlib
@@ -159,9 +160,16 @@ class Plan:
             measured = r["task"] in latency
             out.append({k: r[k] for k in ("model", "task", "method", "label", "density", "seed", "dense", "chain")}
                        | {"metrics": f"{r['dir']}/metrics.json",
-                          "eval": f"{r['dir']}/eval.json" if measured else None,
-                          "dense_eval": f"{dense_dir}/eval.json" if measured else None})
+                          "eval": f"{r['dir']}/eval.json" if measured else None,  # reload + score check
+                          "dense_eval": f"{dense_dir}/eval.json" if measured else None,
+                          "timing": self.timing_file() if measured else None,
+                          "timing_model": r["dir"] if measured else None,
+                          "timing_dense": dense_dir if measured else None})
         return out
+
+    def timing_file(self):
+        """The one timing job of this model and device: every timed model side by side."""
+        return posixpath.join(RESULTS, self.model, "timing.json")
 
     def rank_rows(self):
         """Rank-study entries: per rank-study task and seed, the teacher and every pruning setting

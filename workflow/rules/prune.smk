@@ -15,12 +15,14 @@ rule prune:
         flags=stage_flags("prune"),
         run=run_flags(),
         out=lambda wildcards, output: out_dir(output.metrics),
+        deadline=signal_before_end_s,
     threads: config["compute"]["train_threads"]
     resources:
-        gpu=gpus(),
+        **cluster_resources("prune", "train_threads"),
     conda:
         "../envs/lpaf.yaml"
     shell:
-        f"{OFFLINE_ENV} OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {train_launcher()} "
+        f"{OFFLINE_ENV} LPAF_SIGNAL_BEFORE_END_S={{params.deadline}} OMP_NUM_THREADS={{threads}} "
+        f"MKL_NUM_THREADS={{threads}} {train_launcher()} "
         "prune --model {params.teacher} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {params.out} > {log} 2>&1"

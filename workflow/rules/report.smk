@@ -6,6 +6,7 @@ rule table:
     input:
         metrics=[r["metrics"] for r in PLAN.report_rows()],
         evals=sorted({f for r in PLAN.report_rows() for f in (r["eval"], r["dense_eval"]) if f}),
+        timing=sorted({r["timing"] for r in PLAN.report_rows() if r["timing"]}),
         ranks=[r["rank"] for r in PLAN.rank_rows()],
     output:
         csv=report(f"{RESULTS}/table.csv", caption="../report/table.rst", category="Table"),
