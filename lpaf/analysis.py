@@ -182,7 +182,9 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 6.5), layout="constrained")
+    n_methods = len({str(e["method"]) for e in entries if not e["dense"]}) + 1
+    # one paper column wide (3.4 in), the legend below the two panels
+    fig = Figure(figsize=(3.4, 4.6 + 0.17 * math.ceil(n_methods / 2)), layout="constrained")
     FigureCanvasAgg(fig)
     ax_metric, ax_rank = fig.subplots(2, 1, sharex=True)
     panels = ((ax_metric, "metric"), (ax_rank, "avg_rank"))
@@ -214,8 +216,8 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     for ax, _ in panels:
         ax.grid(True, alpha=0.3)
     handles, labels = ax_rank.get_legend_handles_labels()
-    if handles:  # outside the data, right of the panels
-        fig.legend(handles, labels, fontsize="small", loc="outside right upper", frameon=False)
+    if handles:  # outside the data, below the panels
+        fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2, frameon=False)
 
     targets = [out_path] + ([out_path.with_suffix(".png")] if out_path.suffix.lower() == ".pdf" else [])
     for target in targets:

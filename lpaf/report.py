@@ -433,9 +433,19 @@ def _save(fig, out_path: str | Path) -> Path:
     return out
 
 
+COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper: the per-task figures are drawn at this size
+
+
+def _column_figure(n_entries: int, axes_height_in: float = 2.4):
+    """A figure one paper column wide, tall enough for its legend below the axes (two columns)."""
+    return _figure(width=COLUMN_WIDTH_IN, height=axes_height_in + 0.6 + 0.17 * math.ceil(n_entries / 2))
+
+
 def _legend_outside(ax) -> None:
-    """The legend right of the axes, so it never covers the lines (14 rows do)."""
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    """The legend below the axes, outside the data (14 rows would cover the lines), two columns."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.figure.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
 
 
 def _read_table(table):
@@ -453,7 +463,7 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
     if rows.empty:
         raise LpafError(f"metric figure: no rows for task {task!r} (tasks in the table: "
                         f"{', '.join(map(str, table['task'].unique()))})")
-    fig = _figure()
+    fig = _column_figure(rows["label"].nunique())
     ax = fig.subplots()
     scale = _scale(task)
     for _, d in rows[rows["dense"]].iterrows():
@@ -478,7 +488,7 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
 def speedup_figure(table, out_path: str | Path) -> Path:
     """Measured inference speed-up vs % retained, one line per method (mean over tasks)."""
     table = _read_table(table)
-    fig = _figure()
+    fig = _column_figure(table["label"].nunique())
     ax = fig.subplots()
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense (1×)")
     sparse = table[~table["dense"]]
