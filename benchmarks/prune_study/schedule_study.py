@@ -170,6 +170,7 @@ def figure(summary: dict[tuple, dict], path: str, density: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for method in METHOD_FLAGS:
@@ -183,6 +184,9 @@ def figure(summary: dict[tuple, dict], path: str, density: float) -> None:
             ax.errorbar(steps, means, yerr=errs, marker="o", capsize=3, label=method)
     for ax, title in zip(axes, ("mean numerical rank (of 384)", "99%-energy rank", "SST-2 dev accuracy")):
         ax.set_xscale("log")
+        all_steps = sorted({k[2] for k in summary if k[1] == density})
+        ax.set_xticks(all_steps, [f"{x:,}" for x in all_steps])  # the schedule lengths, no overlapping minor labels
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("pruning steps (batch 32)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
