@@ -240,6 +240,10 @@ class SignalCheckpoint(TrainerCallback):
             step, _, name = fault.partition(":")
             if state.global_step == int(step):
                 os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
+        # ... or make every step take at least this long (the time-limit tests, on machines of any speed)
+        step_sleep_s = os.environ.get("LPAF_FAULT_STEP_SLEEP_S")
+        if step_sleep_s:
+            time.sleep(float(step_sleep_s))
         # Under DDP every rank must stop after the same step, or the others wait for it in the next
         # all-reduce: a signal seen by any rank stops them all (one scalar all-reduce per step).
         if dist.any_rank(self.signal_received is not None, args.device) and self.signal_received is None:

@@ -767,7 +767,7 @@ def test_slurm_jobs_get_config_resources_and_checkpoint_before_the_time_limit(lo
     cfg = write_config(
         tmp_path, tasks=["mrpc"], methods={"dense": {}}, rank_study={"enabled": False},
         compute={"device": "cpu", "train_threads": 2, "eval_threads": 1},
-        finetune={"max_steps": 1500, "save_steps": 500, "logging_steps": 100},
+        finetune={"max_steps": 80, "save_steps": 20, "logging_steps": 10},
         cluster={"cpu": {"partition": "lpafcpu"}, "step_seconds": {"finetune": 1e-6, "prune": 1e-6, "retrain": 1e-6},
                  "fixed_min": {"finetune": 0.5, "evaluate": 0.5, "timing": 0.5}, "runtime_safety": 1,
                  "min_runtime_min": 1, "mem_mb": {"finetune": 1500, "evaluate": 1000, "timing": 1000},
@@ -775,12 +775,13 @@ def test_slurm_jobs_get_config_resources_and_checkpoint_before_the_time_limit(lo
     work = tmp_path / "work"
     res = snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), "--slurm-status-command", "squeue",
                     "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-                    "--set-resources", "finetune:signal_before_end_s=50",
-                    configfile=cfg, env=local_slurm, timeout=3000)
+                    "--set-resources", "finetune:signal_before_end_s=50",  # capped at half the limit: 30 s
+                    # every step >= 0.5 s: 80 steps outlast the first attempt's ~20 s on any machine
+                    configfile=cfg, env=dict(local_slurm, LPAF_FAULT_STEP_SLEEP_S="0.5"), timeout=3000)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
     metrics = json.loads(next((work / "results").rglob("mrpc/s0/dense-*/metrics.json")).read_text())
-    assert metrics["train"]["train_steps"] == 1500
+    assert metrics["train"]["train_steps"] == 80
     assert metrics["train"]["resumed_from_step"] is not None  # the warned attempt left a checkpoint
     jobs = {}
     for job in _slurm_jobs(local_slurm):

@@ -115,5 +115,8 @@ def cluster_resources(rule_name, threads_key):
 
 def signal_before_end_s(wildcards, resources):
     """Params function: seconds before its SLURM time limit at which a training stage checkpoints and
-    exits 75 (resource signal_before_end_s, set by profiles/slurm; 0 = off, as in local runs)."""
-    return int(resources.get("signal_before_end_s", 0) or 0)
+    exits 75 (resource signal_before_end_s, set by profiles/slurm; 0 = off, as in local runs). At most
+    half the job's time limit, so a short job is never warned the moment it starts."""
+    margin = int(resources.get("signal_before_end_s", 0) or 0)
+    runtime_min = resources.get("runtime", 0) or 0
+    return min(margin, int(runtime_min) * 30) if runtime_min else margin
