@@ -592,6 +592,16 @@ def test_smoke_config_runs_end_to_end(smoke_local):
     assert (table.loc[table["method"] == "dense", "retained_percent"].round(1) == 100.0).all()
     assert (table.loc[table["method"] != "dense", "retained_percent"] <= 50.5).all()
     assert table["speedup_mean"].notna().all()
+    # the speed-up and device columns come from the one timing job (every mrpc model side by side)
+    timing = json.loads((work / "results" / "smoke-bert" / "timing.json").read_text())
+    assert set(table["device"]) == {timing["device"]} and timing["device"].startswith("cpu: ")
+    runs = pd.read_csv(work / "results" / "runs.csv")
+    timed = runs[runs["task"] == "mrpc"]
+    assert len(timed) == 9 and len(timing["latency_ms"]) == 9  # dense + 8 compressed models of mrpc
+    for _, run in timed.iterrows():
+        model_dir = f"results/smoke-bert/mrpc/s{run['seed']}/{run['chain']}"
+        assert run["latency_ms"] == pytest.approx(timing["latency_ms"][model_dir]["median_ms"], rel=1e-5)
+    assert not list((work / "results").rglob("eval.json"))[0].read_text().count("latency")
     md_rows = [line for line in (work / "results" / "table.md").read_text().splitlines() if line.startswith("| ")]
     assert len(md_rows) == 2 * (1 + 9)  # end of training and best dev: header + one line per (method, density)
     tex = (work / "results" / "table.tex").read_text()
@@ -795,6 +805,30 @@ def test_slurm_jobs_get_config_resources_and_checkpoint_before_the_time_limit(lo
     for rule in ("rule_evaluate", "rule_timing"):
         assert jobs[rule] and all(j["NumCPUs"] == "1" and j["Partition"] == "lpafcpu" and j["MinMemoryNode"] == "1000M"
                                   for j in jobs[rule]), jobs.get(rule)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_slurm_gpu_jobs_pass_gpus_model_partition_and_qos_to_sbatch(local_slurm, tmp_path):
+    """This test cluster has no GPUs, so a fake `sbatch` records what the plugin submits for a GPU job
+    (DDP over 2 GPUs) from the config's cluster.gpu settings."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch_calls.txt"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 424242\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    cfg = write_config(tmp_path, tasks=["mrpc"], methods={"dense": {}}, rank_study={"enabled": False},
+                       compute={"device": "cuda", "gpus": 2, "train_threads": 2, "eval_threads": 1},
+                       cluster={"gpu": {"partition": "lpafgpu", "qos": "high", "gpu_model": "a100"},
+                                "cpu": {"partition": "lpafcpu"}})
+    env = dict(local_slurm, PATH=f"{bin_dir}{os.pathsep}{local_slurm['PATH']}")
+    with pytest.raises(subprocess.TimeoutExpired):  # the fake job never finishes: stop once it is submitted
+        snakemake(tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
+                  "--slurm-status-command", "squeue", configfile=cfg, env=env, timeout=60)
+    submitted = calls.read_text()
+    assert "rule_finetune" in submitted, submitted
+    assert "-p lpafgpu" in submitted and "--qos=high" in submitted and "--cpus-per-task=2" in submitted
+    assert re.search(r"--gpus[= ]a100:2", submitted), submitted
 
 
 def test_config_reference_is_current():
