@@ -3,9 +3,12 @@ ends, so a training stage checkpoints and exits 75 (lpaf.training) instead of be
 
 Why not ``sbatch --signal=USR1@300``: Snakemake's SLURM plugin runs each rule inside a Snakemake
 job-step process under ``srun``; SLURM signals every process of the step, and that Snakemake process
-has no handler for SIGUSR1, so it dies first and takes the stage with it (the plugin does not forward
-signals yet: snakemake-executor-plugin-slurm issue #242). So the stage asks SLURM for its own time
-left (``squeue -h -j $SLURM_JOB_ID -o %L``) and raises the signal itself, on a timer.
+has no handler for SIGUSR1, so it dies at once and the step is torn down while the stage is still
+writing its checkpoint (tried on the test cluster, SLURM 22.05: ``srun: error: task 0: User defined
+signal 1``, job FAILED; a tiny model's checkpoint happened to finish first, a BERT-base one need not).
+The plugin does not forward signals yet (snakemake-executor-plugin-slurm issue #242). So the stage
+asks SLURM for its own time left (``squeue -h -j $SLURM_JOB_ID -o %L``) and raises the signal itself,
+on a timer, with nothing else signalled.
 
 Enabled by the environment variable ``LPAF_SIGNAL_BEFORE_END_S`` (the workflow sets it from the
 profile's ``signal_before_end_s``); outside a SLURM job it does nothing.
