@@ -17,6 +17,8 @@ import re
 import string
 from collections import Counter
 
+# The same normalisation as squad/compute_score.py, repeated on purpose: `evaluate` loads each module
+# directory on its own (copied to a private cache), so one module cannot import another's file.
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
 
