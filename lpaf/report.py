@@ -166,6 +166,9 @@ def _fill_unmeasured_speedup(runs):
     means = measured.groupby(["model", "method", "density"])["speedup"].mean()
     fill = runs.apply(lambda r: means.get((r["model"], r["method"], r["density"]), math.nan), axis=1)
     runs["speedup"] = runs["speedup"].where(runs["speedup_measured"], fill)
+    if "device" not in runs:  # runs.csv written before the timing job existed
+        runs["device"] = ""
+        measured = runs[runs["speedup_measured"]]
     devices = measured.groupby("model")["device"].first()  # the model's one timing job
     runs["device"] = runs["device"].where(runs["speedup_measured"], runs["model"].map(devices).fillna(""))
     return runs
@@ -196,7 +199,8 @@ def aggregate(runs):
         row["n_degenerate"] = int(g["degenerate"].sum())
         row["seeds"] = " ".join(str(s) for s in sorted(g["seed"].unique()))
         row["headline_metric"] = g["headline_metric"].iloc[0]
-        best_cols = ["best_headline"] + [f"best_{c[4:]}" for c in metric_cols if f"best_{c[4:]}" in g]
+        # runs.csv files written before these columns existed (committed seeds) have no best_* or device
+        best_cols = [c for c in ["best_headline"] + [f"best_{c[4:]}" for c in metric_cols] if c in g]
         for col in ["headline"] + [c for c in metric_cols + best_cols if g[c].notna().any()]:
             name = col[4:] if col.startswith("dev_") else col
             row[f"{name}_mean"] = g[col].mean()
@@ -206,7 +210,7 @@ def aggregate(runs):
         row["speedup_mean"] = g["speedup"].mean()
         row["speedup_std"] = g["speedup"].std(ddof=1) if g["speedup"].notna().sum() > 1 else math.nan
         row["speedup_measured"] = bool(g["speedup_measured"].all())
-        row["device"] = next((d for d in g["device"] if d), "")
+        row["device"] = next((d for d in g.get("device", pd.Series(dtype=str)).fillna("") if d), "")
         row["chain"] = g["chain"].iloc[0]
         out_rows.append(row)
     table = pd.DataFrame(out_rows)

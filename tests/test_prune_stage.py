@@ -212,3 +212,22 @@ def test_best_dev_evaluation_of_a_pruning_run_counts_only_the_final_density():
     assert best_at_final_density(stats, {"accuracy": 0.80}, pruner, "accuracy") == {"step": 90, "accuracy": 0.81}
     assert best_at_final_density(stats, {"accuracy": 0.85}, pruner, "accuracy")["step"] == 100  # end of training
     assert best_at_final_density({"train_steps": 100}, {"accuracy": 0.7}, pruner, "accuracy")["accuracy"] == 0.7
+
+
+def test_masks_file_bytes_do_not_depend_on_the_process(tmp_path):
+    """Same masks, same bytes, from separate processes (safetensors orders a multi-key metadata header
+    differently per process; one sorted key keeps artifacts byte-identical across reruns)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from types import SimpleNamespace; from pathlib import Path; "
+            "from lpaf.stages.prune import _save_tensors; "
+            "_save_tensors(Path(sys.argv[1]), {'a': torch.ones(3), 'b': torch.zeros(2)}, "
+            "SimpleNamespace(method='movement', density=0.5, scope='encoder'))")
+    digests = set()
+    for i in range(3):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,10 @@ def _teacher_summary(teacher_dir: str) -> dict[str, Any]:
 def _save_tensors(path: Path, tensors: dict, args: PruneArgs) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"method": args.method, "density": str(args.density), "scope": args.scope})
+    # one metadata key: safetensors writes a multi-key header in a per-process random order, so two
+    # identical runs would give files that differ byte for byte (benchmarks/fault_injection.py)
+    about = json.dumps({"method": args.method, "density": args.density, "scope": args.scope}, sort_keys=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"lpaf_pruning": about})
 
 
 def load_pruning_tensors(model_dir: str | Path, model, which: str = MASKS_FILE) -> dict:
