@@ -71,14 +71,12 @@ def _latency_ms(path: str | Path | None) -> float:
     return float(latency)
 
 
-_TIMING_CACHE: dict[str, dict[str, Any]] = {}
-
-
-def _timed_ms(path: str, model_dir: str) -> tuple[float, str]:
-    """Median latency of one model in a timing.json, and the device it ran on."""
-    if path not in _TIMING_CACHE:
-        _TIMING_CACHE[path] = _read_json(path)
-    blob = _TIMING_CACHE[path]
+def _timed_ms(path: str, model_dir: str, cache: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    """Median latency of one model in a timing.json, and the device it ran on (each file read once
+    per table: ``cache`` lives for one load_runs call, so a rewritten timing.json is read again)."""
+    if path not in cache:
+        cache[path] = _read_json(path)
+    blob = cache[path]
     entry = (blob.get("latency_ms") or {}).get(model_dir)
     if not isinstance(entry, dict) or "median_ms" not in entry:
         raise LpafError(f"report: {path} did not time {model_dir} (timed: {', '.join(blob.get('latency_ms') or {})})")
@@ -89,7 +87,7 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def run_record(row: dict[str, Any]) -> dict[str, Any]:
+def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One run row (with file paths) -> one flat record of numbers."""
     blob = _read_json(row["metrics"])
     missing = [k for k in ("metrics", "headline_metric", "params") if k not in blob]
@@ -120,8 +118,9 @@ def run_record(row: dict[str, Any]) -> dict[str, Any]:
     for key in blob["metrics"]:
         record[f"best_{key}"] = _number(best.get(key))
     if row.get("timing"):  # one side-by-side timing job (lpaf time-models)
-        record["latency_ms"], record["device"] = _timed_ms(row["timing"], row["timing_model"])
-        record["dense_latency_ms"], _ = _timed_ms(row["timing"], row["timing_dense"])
+        cache = {} if timing_cache is None else timing_cache
+        record["latency_ms"], record["device"] = _timed_ms(row["timing"], row["timing_model"], cache)
+        record["dense_latency_ms"], _ = _timed_ms(row["timing"], row["timing_dense"], cache)
     else:
         record["latency_ms"] = _latency_ms(row.get("eval"))
         record["dense_latency_ms"] = _latency_ms(row.get("dense_eval"))
@@ -153,7 +152,8 @@ def load_runs(rows: Sequence[dict[str, Any]]):
 
     if not rows:
         raise LpafError("report: no runs to aggregate")
-    records = [run_record(r) for r in rows]
+    timing_cache: dict[str, dict[str, Any]] = {}
+    records = [run_record(r, timing_cache) for r in rows]
     runs = pd.DataFrame.from_records(records)
     runs = _fill_unmeasured_speedup(runs)
     return runs
