@@ -10,7 +10,8 @@ split sizes (``TRAIN_EXAMPLES``; QA counts questions, not windows), clamped by
 ``--max-train-samples``.
 
 A calibration (``lpaf calibrate``) holds measured seconds per optimizer step per stage for one
-model, length, device and precision; ``estimate`` turns steps into hours with it.
+model, length, device and precision; ``summarize`` turns steps into hours with one or several (each
+job is priced by the calibration at its max length, or the nearest one scaled by the length ratio).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ TRAIN_EXAMPLES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp"
 DEV_EXAMPLES = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 9815 + 9832,
                 "qnli": 5463, "rte": 277, "squad": 10570, "squad_v2": 11873}
 TRAINING_STAGES = ("finetune", "prune", "retrain")
+FISHER_METHODS = ("fwsvd", "fisher-sparsity-aware")  # factorize methods that take --fisher-batches gradient steps
+# A calibration key missing from an older or narrower calibration falls back to the nearest measured one.
+KIND_FALLBACKS = {"prune": ("prune", "prune-movement"), "retrain": ("retrain-plain",),
+                  "factorize": ("factorize", "factorize-sparsity-aware")}
 
 
 @dataclass
@@ -43,7 +48,7 @@ class PlannedJob:
     rule: str
     task: str | None
     stage: str | None  # the lpaf stage the job runs (None: a table / figure rule)
-    kind: str  # calibration key: finetune, prune, retrain-plain, retrain-mixed-rank, factorize, evaluate, ...
+    kind: str  # calibration key: finetune, prune-<method>, factorize-<method>, retrain-<scheme>, evaluate, time-models
     steps: int = 0  # optimizer steps (training stages), Fisher batches (fwsvd), 0 otherwise
     examples: int = 0  # dev examples scored (evaluate) or training examples per epoch
     max_length: int | None = None
@@ -156,15 +161,21 @@ def plan_jobs(configfile: str, config: list[str] | None = None, snakefile: str =
             n = sizes(job.task, getattr(ns, "data", None))
             job.steps = training_steps(n, ns)
             job.examples = min(n, ns.max_train_samples or n)
+            if stage == "prune":
+                job.kind = f"prune-{ns.method}"
             if stage == "retrain":
                 job.kind = f"retrain-{ns.scheme}"
                 if ns.scheme == "mixed-rank" and getattr(ns, "factor_budget", "matched") == "matched":
                     job.steps = matched_total_steps(job.steps, AnnealSchedule(ns.p0, ns.anneal_fraction, ns.anneal),
                                                     ns.warmup_ratio)
         elif stage == "factorize":
-            job.steps = int(ns.fisher_batches) if ns.method in ("fwsvd", "fisher-sparsity-aware") else 0
+            job.kind = f"factorize-{ns.method}"
+            job.steps = int(ns.fisher_batches) if ns.method in FISHER_METHODS else 0
         elif stage == "evaluate":
             job.examples = min(DEV_EXAMPLES.get(job.task, 0), ns.max_eval_samples or DEV_EXAMPLES.get(job.task, 0))
+        elif stage == "time-models":  # timed forward passes: rounds x models, each of batch x seq_len
+            job.steps = (int(ns.rounds) + int(ns.warmup)) * len(ns.models)
+            job.examples = int(ns.batch_size) * int(ns.seq_len)  # tokens per timed forward pass
         jobs.append(job)
     return jobs
 
@@ -185,42 +196,76 @@ def load_calibration(path: str) -> dict[str, Any]:
     return blob
 
 
-def job_seconds(job: PlannedJob, calibration: dict[str, Any]) -> float | None:
-    """Estimated wall seconds of one job from the calibration (None when it has no entry)."""
+def pick_calibration(job: PlannedJob, calibrations: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """The calibration that prices a job, and the factor its per-step times are scaled by: the one
+    measured at the job's max length (scale 1), else the one at the nearest length, its step times
+    scaled linearly by the length ratio (an approximation: attention grows faster than linearly)."""
+    if job.max_length is None:
+        return calibrations[0], 1.0
+    nearest = min(calibrations, key=lambda c: abs(int(c.get("max_length") or 0) - job.max_length))
+    measured_length = int(nearest.get("max_length") or 0)
+    if measured_length in (0, job.max_length):
+        return nearest, 1.0
+    return nearest, job.max_length / measured_length
+
+
+def job_seconds(job: PlannedJob, calibration: dict[str, Any], scale: float = 1.0) -> float | None:
+    """Estimated wall seconds of one job from a calibration (None when it has no entry); ``scale``
+    multiplies the per-step and per-example times (length scaling, see ``pick_calibration``)."""
     stages = calibration["stages"]
-    entry = stages.get(job.kind) or (stages.get("retrain-plain") if job.kind.startswith("retrain") else None)
+    entry = stages.get(job.kind)
+    for fallback in KIND_FALLBACKS.get(job.stage or "", ()):
+        entry = entry or stages.get(fallback)
+    if job.kind == "factorize-fisher-sparsity-aware" and "factorize-sparsity-aware" in stages:
+        # the sparsity-aware solve plus the Fisher batches of fwsvd
+        entry = dict(stages["factorize-sparsity-aware"], step_s=stages.get("factorize-fwsvd", {}).get("step_s", 0.0))
     if entry is None:
         return None
-    seconds = float(entry.get("fixed_s", 0.0))
-    if job.stage in TRAINING_STAGES or job.kind == "factorize":
-        seconds += job.steps * float(entry.get("step_s", 0.0))
+    seconds = float(calibration.get("process_start_s", 0.0)) + float(entry.get("fixed_s", 0.0))
+    if job.stage in TRAINING_STAGES or job.stage == "factorize":
+        seconds += job.steps * float(entry.get("step_s", 0.0)) * scale
+    if job.stage == "time-models":  # per timed forward pass, scaled by its tokens (calibrated: batch x length)
+        calibrated_tokens = float(entry.get("batch_size", 32)) * float(entry.get("seq_len", 128))
+        seconds += job.steps * float(entry.get("forward_s", 0.0)) * job.examples / calibrated_tokens
+        return seconds
     if job.stage == "evaluate":
-        seconds += job.examples * float(entry.get("example_s", 0.0))
+        seconds += job.examples * float(entry.get("example_s", 0.0)) * scale
     if job.stage in TRAINING_STAGES and "evaluate" in stages:  # its final dev evaluation
-        seconds += DEV_EXAMPLES.get(job.task or "", 0) * float(stages["evaluate"].get("example_s", 0.0))
+        seconds += DEV_EXAMPLES.get(job.task or "", 0) * float(stages["evaluate"].get("example_s", 0.0)) * scale
     return seconds
 
 
-def summarize(jobs: list[PlannedJob], calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per (rule, task): jobs, optimizer steps and estimated device-hours; totals."""
+def _calibration_list(calibration: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if calibration is None:
+        return []
+    return [calibration] if isinstance(calibration, dict) else list(calibration)
+
+
+def summarize(jobs: list[PlannedJob],
+              calibration: dict[str, Any] | list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per (rule, task): jobs, optimizer steps and estimated device-hours; totals. ``calibration``
+    is one calibration or several (e.g. one per max length of the config's tasks)."""
+    calibrations = _calibration_list(calibration)
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "steps": 0, "hours": 0.0,
-                                                                      "estimated": True})
+                                                                      "estimated": True, "length_scaled": False})
     for job in jobs:
         row = rows[(job.rule, job.task or "-")]
         row["jobs"] += 1
         row["steps"] += job.steps
-        if calibration is not None:
-            seconds = job_seconds(job, calibration)
+        if calibrations and job.stage is not None:  # table / figure / asset rules: no stage, seconds
+            chosen, scale = pick_calibration(job, calibrations)
+            seconds = job_seconds(job, chosen, scale)
             if seconds is None:
                 row["estimated"] = False
             else:
                 row["hours"] += seconds / 3600
+                row["length_scaled"] = row["length_scaled"] or scale != 1.0
     table = [{"rule": r, "task": t, **v} for (r, t), v in sorted(rows.items())]
     total = {"jobs": sum(r["jobs"] for r in table), "steps": sum(r["steps"] for r in table)}
-    if calibration is not None:
+    if calibrations:
         total["hours"] = sum(r["hours"] for r in table)
     return {"rows": table, "total": total,
-            "calibration": None if calibration is None else {k: v for k, v in calibration.items() if k != "stages"}}
+            "calibration": [{k: v for k, v in c.items() if k != "stages"} for c in calibrations] or None}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -229,16 +274,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not calibrated:
         lines.append("no calibration given (--calibration FILE from `lpaf calibrate`): optimizer steps only")
     else:
-        c = summary["calibration"]
-        lines.append(f"calibration: {c.get('model')} on {c.get('device')} ({c.get('device_name', '')}), "
-                     f"length {c.get('max_length')}, {c.get('precision')}, {c.get('threads')} thread(s); "
-                     f"{c.get('label', 'measured')}")
+        for c in summary["calibration"]:
+            lines.append(f"calibration: {c.get('model')} on {c.get('device')} ({c.get('device_name', '')}), "
+                         f"length {c.get('max_length')}, {c.get('precision')}, {c.get('threads')} thread(s); "
+                         f"{c.get('label', 'measured')}")
     header = f"{'rule':<16} {'task':<9} {'jobs':>6} {'steps':>12}" + (f" {'device-h':>10}" if calibrated else "")
     lines += [header, "-" * len(header)]
     for r in summary["rows"]:
         line = f"{r['rule']:<16} {r['task']:<9} {r['jobs']:>6} {r['steps']:>12,}"
         if calibrated:
             line += f" {r['hours']:>10.2f}" + ("" if r["estimated"] else "  (no calibration entry)")
+            line += "  (length-scaled)" if r["length_scaled"] else ""
         lines.append(line)
     t = summary["total"]
     lines += ["-" * len(header), f"{'total':<26} {t['jobs']:>6} {t['steps']:>12,}"

@@ -11,7 +11,7 @@ import pytest
 
 from lpaf.cli import main
 from lpaf.mixed_rank import AnnealSchedule, matched_total_steps
-from lpaf.plan import DEV_EXAMPLES, TRAIN_EXAMPLES, format_summary, plan_jobs, summarize
+from lpaf.plan import DEV_EXAMPLES, TRAIN_EXAMPLES, format_summary, job_seconds, plan_jobs, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = str(REPO / "Snakefile")
@@ -31,7 +31,7 @@ def test_smoke_plan_counts_the_synthetic_data_and_the_matched_budget(smoke_plan)
     mixed-rank re-training of the matched budget takes more."""
     rows = _rows(summarize(smoke_plan))
     assert rows[("finetune", "mrpc")] == {"rule": "finetune", "task": "mrpc", "jobs": 1, "steps": 6, "hours": 0.0,
-                                          "estimated": True}
+                                          "estimated": True, "length_scaled": False}
     assert rows[("prune", "sst2")]["jobs"] == 2 and rows[("prune", "sst2")]["steps"] == 12
     retrains = [j for j in smoke_plan if j.rule == "retrain" and j.task == "mrpc"]
     mixed = [j for j in retrains if j.kind == "retrain-mixed-rank"]
@@ -56,9 +56,13 @@ def test_calibrate_then_plan_in_hours(tiny_model, glue_dir, tmp_path, capsys):
     assert main(["calibrate", "--model", str(tiny_model), "--task", "sst2", "--data", str(glue_dir),
                  "--max-length", "32", "--steps", "4", "--batch-size", "8", "--out", str(calib)]) == 0
     blob = json.loads(calib.read_text())
-    for kind in ("finetune", "prune", "retrain-plain", "retrain-mixed-rank"):
+    for kind in ("finetune", "prune-movement", "prune-magnitude", "prune-platon", "retrain-plain",
+                 "retrain-mixed-rank"):
         assert blob["stages"][kind]["step_s"] > 0 and blob["stages"][kind]["steps"] == 4, kind
     assert blob["stages"]["evaluate"]["example_s"] > 0 and blob["device"] == "cpu"
+    for method in ("svd", "sparsity-aware", "fwsvd"):
+        assert blob["stages"][f"factorize-{method}"]["fixed_s"] > 0, method
+    assert blob["stages"]["factorize-fwsvd"]["steps"] == 8 and blob["stages"]["time-models"]["forward_s"] > 0
     out = tmp_path / "plan.json"
     assert main(["plan", "--configfile", str(REPO / "config" / "smoke.yaml"), "--snakefile", SNAKEFILE,
                  "--calibration", str(calib), "--json", str(out)]) == 0
@@ -66,8 +70,12 @@ def test_calibrate_then_plan_in_hours(tiny_model, glue_dir, tmp_path, capsys):
     rows = {(r["rule"], r["task"]): r for r in plan["rows"]}
     finetune = rows[("finetune", "mrpc")]
     stage = blob["stages"]["finetune"]
+    scale = next(j for j in plan["jobs"] if j["rule"] == "finetune" and j["task"] == "mrpc")["max_length"] / 32
     final_eval_s = DEV_EXAMPLES["mrpc"] * blob["stages"]["evaluate"]["example_s"]
-    assert finetune["hours"] == pytest.approx((stage["fixed_s"] + 6 * stage["step_s"] + final_eval_s) / 3600)
+    assert blob["process_start_s"] > 0
+    assert finetune["hours"] == pytest.approx(
+        (blob["process_start_s"] + stage["fixed_s"] + (6 * stage["step_s"] + final_eval_s) * scale) / 3600)
+    assert finetune["length_scaled"] == (scale != 1)
     assert plan["total"]["hours"] > 0 and plan["total"]["jobs"] == len(plan["jobs"])
     assert "device-h" in capsys.readouterr().out
 
@@ -80,3 +88,55 @@ def test_bad_plan_input_is_one_line(tmp_path, capsys):
     assert main(["plan", "--configfile", str(REPO / "config" / "smoke.yaml"), "--snakefile", SNAKEFILE,
                  "--calibration", str(bad)]) == 2
     assert "not an lpaf calibration" in capsys.readouterr().err
+
+
+def _calibration(length: int, step_s: float) -> dict:
+    stages = {kind: {"step_s": step_s, "fixed_s": 1.0} for kind in
+              ("finetune", "prune-movement", "prune-magnitude", "prune-platon", "retrain-plain", "retrain-mixed-rank")}
+    stages |= {"factorize-svd": {"fixed_s": 2.0, "step_s": 0.0}, "factorize-sparsity-aware": {"fixed_s": 5.0, "step_s": 0.0},
+               "factorize-fwsvd": {"fixed_s": 2.0, "step_s": 0.5}, "evaluate": {"example_s": 0.0, "fixed_s": 0.0},
+               "time-models": {"forward_s": 0.1, "fixed_s": 0.0, "batch_size": 32, "seq_len": 128}}
+    return {"model": "m", "device": "cpu", "max_length": length, "stages": stages}
+
+
+def test_each_job_is_priced_by_the_calibration_at_its_length():
+    """mini: SST-2 at length 64, MRPC at 128. Two calibrations price each task by its own; one
+    calibration at 128 prices SST-2 scaled by 64/128; per-method prune and factorize keys are used."""
+    jobs = plan_jobs(str(REPO / "config" / "mini.yaml"), snakefile=SNAKEFILE)
+    at_64, at_128 = _calibration(64, 1.0), _calibration(128, 3.0)
+    both = _rows(summarize(jobs, [at_128, at_64]))
+    sst2_ft = next(j for j in jobs if j.rule == "finetune" and j.task == "sst2")
+    mrpc_ft = next(j for j in jobs if j.rule == "finetune" and j.task == "mrpc")
+    assert both[("finetune", "sst2")]["hours"] == pytest.approx((1.0 + sst2_ft.steps * 1.0) / 3600)
+    assert both[("finetune", "mrpc")]["hours"] == pytest.approx((1.0 + mrpc_ft.steps * 3.0) / 3600)
+    assert not both[("finetune", "sst2")]["length_scaled"]
+    one = _rows(summarize(jobs, at_128))
+    assert one[("finetune", "sst2")]["hours"] == pytest.approx((1.0 + sst2_ft.steps * 3.0 * 64 / 128) / 3600)
+    assert one[("finetune", "sst2")]["length_scaled"] and not one[("finetune", "mrpc")]["length_scaled"]
+    assert "(length-scaled)" in format_summary(summarize(jobs, at_128))
+    factorize = {j.kind for j in jobs if j.rule == "factorize"}
+    assert {"factorize-svd", "factorize-fwsvd", "factorize-sparsity-aware", "factorize-fisher-sparsity-aware"} <= factorize
+    fwsvd = next(j for j in jobs if j.kind == "factorize-fwsvd")
+    fisher_sa = next(j for j in jobs if j.kind == "factorize-fisher-sparsity-aware")
+    assert job_seconds(fwsvd, at_64) == pytest.approx(2.0 + 0.5 * fwsvd.steps) and fwsvd.steps > 0
+    assert job_seconds(fisher_sa, at_64) == pytest.approx(5.0 + 0.5 * fisher_sa.steps)
+    assert {j.kind for j in jobs if j.rule == "prune"} == {"prune-movement", "prune-magnitude", "prune-platon"}
+    timing = next(j for j in jobs if j.stage == "time-models")
+    assert timing.steps > 0 and job_seconds(timing, at_64) == pytest.approx(timing.steps * 0.1)
+    rank = next(j for j in jobs if j.stage == "rank-study")
+    assert job_seconds(rank, at_64) is None  # no entry: the summary says so instead of pricing it 0
+    started = dict(at_64, process_start_s=7.0)  # every job is a fresh process
+    assert job_seconds(fwsvd, started) == pytest.approx(7.0 + job_seconds(fwsvd, at_64))
+    # an older calibration with one "prune" / "factorize" entry still prices every job
+    old = _calibration(128, 2.0)
+    old["stages"]["prune"] = old["stages"].pop("prune-movement")
+    old["stages"]["factorize"] = old["stages"].pop("factorize-sparsity-aware")
+    platon = next(j for j in jobs if j.kind == "prune-platon")
+    assert job_seconds(platon, old) == pytest.approx(1.0 + platon.steps * 2.0)
+
+
+def test_bad_calibrate_input_is_one_line(tmp_path, capsys):
+    assert main(["calibrate", "--model", "m", "--task", "sst2", "--out", str(tmp_path / "c.json"),
+                 "--prune-methods", "movement", "l0"]) == 2
+    err = capsys.readouterr().err
+    assert "--prune-methods" in err and "platon" in err and "'l0'" in err and not (tmp_path / "c.json").exists()

@@ -9,6 +9,7 @@ the wiring, the table and the figures without training anything; the real smoke 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -601,6 +602,15 @@ def test_smoke_config_runs_end_to_end(smoke_local):
     for _, run in timed.iterrows():
         model_dir = f"results/smoke-bert/mrpc/s{run['seed']}/{run['chain']}"
         assert run["latency_ms"] == pytest.approx(timing["latency_ms"][model_dir]["median_ms"], rel=1e-5)
+    # every compute job leaves Snakemake's benchmark record (whole-job wall s, peak RSS) beside its log
+    benchmarks = {}
+    for path in (work / "logs").rglob("*.benchmark.tsv"):
+        with open(path) as f:
+            benchmarks[path] = next(csv.DictReader(f, delimiter="\t"))
+    assert {p.name.split(".")[0] for p in benchmarks} == {"finetune", "prune", "factorize", "retrain", "evaluate",
+                                                          "rank_study", "timing"}
+    assert all(float(b["s"]) > 0 and float(b["max_rss"]) > 0 for b in benchmarks.values())
+    assert sum(p.name == "evaluate.benchmark.tsv" for p in benchmarks) == len(runs)
     evals = [json.loads(p.read_text()) for p in (work / "results").rglob("eval.json")]
     assert evals and not any("latency_ms" in e or e["args"].get("latency_batches") for e in evals)  # timing job only
     md_rows = [line for line in (work / "results" / "table.md").read_text().splitlines() if line.startswith("| ")]

@@ -1,23 +1,27 @@
 """``lpaf plan`` and ``lpaf calibrate``: the cost of a workflow config before launch.
 
-``lpaf plan --configfile CONFIG [--calibration FILE] [--json OUT]`` prints, per rule and task, the
+``lpaf plan --configfile CONFIG [--calibration FILE ...] [--json OUT]`` prints, per rule and task, the
 jobs, optimizer steps and (with a calibration) estimated device-hours, then the total.
 ``lpaf calibrate --model M --task T`` times a few optimizer steps of every training stage (fine-tune,
-prune with its teacher, re-train plain and mixed-rank with the teacher), a factorization and an
-evaluation on this device, by running the real stages on the real data, and writes the calibration
-JSON the plan reads.
+prune with its teacher per pruning method, re-train plain and mixed-rank with the teacher), each
+factorization (svd, sparsity-aware, fwsvd with its cost per Fisher batch), an evaluation and the
+timing job's forward passes on this device, by running the real stages on the real data, and
+writes the calibration JSON the plan reads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from lpaf.errors import LpafError
 
@@ -26,7 +30,9 @@ from lpaf.errors import LpafError
 class PlanArgs:
     configfile: str = field(metadata={"help": "workflow config (e.g. config/paper.yaml)"})
     config: list[str] | None = field(default=None, metadata={"help": "snakemake --config overrides, KEY=VALUE ..."})
-    calibration: str | None = field(default=None, metadata={"help": "calibration JSON from `lpaf calibrate`"})
+    calibration: list[str] | None = field(default=None, metadata={
+        "help": "calibration JSON(s) from `lpaf calibrate`; several: each job uses the one at its max length "
+                "(else the nearest, scaled by the length ratio)"})
     json: str | None = field(default=None, metadata={"help": "also write the plan (every job and the summary) here"})
     snakefile: str = field(default="Snakefile", metadata={"help": "the workflow's Snakefile (run from the repository)"})
 
@@ -36,8 +42,9 @@ class PlanArgs:
             problems.append(f"--configfile {self.configfile} not found")
         if not Path(self.snakefile).is_file():
             problems.append(f"--snakefile {self.snakefile} not found (run lpaf plan from the repository root)")
-        if self.calibration is not None and not Path(self.calibration).is_file():
-            problems.append(f"--calibration {self.calibration} not found")
+        for path in self.calibration or []:
+            if not Path(path).is_file():
+                problems.append(f"--calibration {path} not found")
         if problems:
             raise LpafError("; ".join(problems))
 
@@ -45,7 +52,7 @@ class PlanArgs:
 def run_plan(args: PlanArgs) -> dict:
     from lpaf.plan import format_summary, job_dicts, load_calibration, plan_jobs, summarize
 
-    calibration = load_calibration(args.calibration) if args.calibration else None
+    calibration = [load_calibration(path) for path in args.calibration] if args.calibration else None
     jobs = plan_jobs(args.configfile, args.config, args.snakefile)
     summary = summarize(jobs, calibration)
     print(format_summary(summary))
@@ -70,6 +77,9 @@ class CalibrateArgs:
     steps: int = field(default=12, metadata={"help": "optimizer steps timed per training stage"})
     batch_size: int = field(default=32, metadata={"help": "training batch size (as in the config)"})
     density: float = field(default=0.25, metadata={"help": "density of the timed prune / factorize / retrain"})
+    prune_methods: list[str] = field(default_factory=lambda: ["movement", "magnitude", "platon"], metadata={
+        "help": "pruning methods to time (PLATON's sensitivity hooks and learned scores cost differently)"})
+    fisher_batches: int = field(default=8, metadata={"help": "Fisher batches of the timed fwsvd (its cost per batch)"})
     label: str = field(default="measured", metadata={"help": "how the numbers came about (kept in the JSON)"})
 
     def __post_init__(self):
@@ -78,6 +88,14 @@ class CalibrateArgs:
             problems.append(f"--steps must be >= 3 (the first step is not timed; got {self.steps})")
         if self.threads < 1:
             problems.append(f"--threads must be >= 1 (got {self.threads})")
+        from lpaf.pruning import PruneMethod
+
+        allowed = get_args(PruneMethod)
+        bad = [m for m in self.prune_methods if m not in allowed]
+        if bad or not self.prune_methods:
+            problems.append(f"--prune-methods must name one or more of {', '.join(allowed)} (got {bad or 'none'})")
+        if self.fisher_batches < 1:
+            problems.append(f"--fisher-batches must be >= 1 (got {self.fisher_batches})")
         if problems:
             raise LpafError("; ".join(problems))
 
@@ -109,36 +127,71 @@ def run_calibrate(args: CalibrateArgs) -> dict:
         record = json.loads((out / "metrics.json").read_text()) if out.is_dir() else json.loads(out.read_text())
         entry: dict = {"wall_s": wall}
         if "train" in record:
-            step_s = float(record["train"]["step_time_s_median"])
+            # the mean, not the median: a job's wall time is the sum of its steps, slow ones included
+            step_s = float(record["train"].get("step_time_s_mean") or record["train"]["step_time_s_median"])
             entry |= {"step_s": step_s, "steps": int(record["train"]["train_steps"]),
                       "fixed_s": max(0.0, wall - step_s * int(record["train"]["train_steps"]))}
         stages[kind] = entry
         return record
 
     try:
-        teacher, pruned, fact = work / "teacher", work / "pruned", work / "fact"
+        teacher, fact = work / "teacher", work / "fact"
         stage("finetune", ["finetune", "--model", args.model, *common, *train], teacher)
-        stage("prune", ["prune", "--model", str(teacher), "--method", "movement", "--density", str(args.density),
-                        *common, *train], pruned)
-        t0 = time.perf_counter()
-        stage("factorize", ["factorize", "--model", str(pruned), "--method", "sparsity-aware", "--density",
-                            str(args.density), *common], fact)
-        stages["factorize"] |= {"fixed_s": time.perf_counter() - t0, "step_s": 0.0}
+        for method in args.prune_methods:
+            stage(f"prune-{method}", ["prune", "--model", str(teacher), "--method", method, "--density",
+                                      str(args.density), *common, *train], work / f"pruned-{method}")
+        pruned = work / f"pruned-{args.prune_methods[0]}"
+        for method in ("svd", "sparsity-aware", "fwsvd"):
+            extra = ["--fisher-batches", str(args.fisher_batches)] if method == "fwsvd" else []
+            source = teacher if method == "fwsvd" else pruned
+            stage(f"factorize-{method}", ["factorize", "--model", str(source), "--method", method, "--density",
+                                          str(args.density), *extra, *common],
+                  fact if method == "sparsity-aware" else work / f"fact-{method}")
+        factorize_s = {m: stages[f"factorize-{m}"]["wall_s"] for m in ("svd", "sparsity-aware", "fwsvd")}
+        for method in ("svd", "sparsity-aware"):
+            stages[f"factorize-{method}"] |= {"fixed_s": factorize_s[method], "step_s": 0.0}
+        # fwsvd = an SVD of the dense matrices + the Fisher batches: the difference is their cost
+        fisher_step_s = max(0.0, factorize_s["fwsvd"] - factorize_s["svd"]) / args.fisher_batches
+        stages["factorize-fwsvd"] |= {"fixed_s": factorize_s["svd"], "step_s": fisher_step_s,
+                                      "steps": args.fisher_batches}
         for scheme in ("plain", "mixed-rank"):
             extra = ["--factor-budget", "steps"] if scheme == "mixed-rank" else []
             stage(f"retrain-{scheme}", ["retrain", "--model", str(fact), "--teacher", str(teacher), "--scheme",
                                         scheme, *extra, *common, *train], work / f"retrain-{scheme}")
-        n_eval = 256
-        record = stage("evaluate", ["evaluate", "--model", str(fact), *common, "--max-eval-samples", str(n_eval)],
-                       work / "eval.json")
-        examples = sum((record.get("n_eval_examples") or {}).values()) or n_eval
-        stages["evaluate"] |= {"example_s": stages["evaluate"]["wall_s"] / examples, "fixed_s": 0.0}
+        stage("rank-study", ["rank-study", "--models", str(pruned)], work / "rank.json")
+        stages["rank-study"] |= {"fixed_s": stages["rank-study"]["wall_s"]}
+        rounds, warmup = 3, 1
+        stage("time-models", ["time-models", "--models", str(teacher), str(fact), "--rounds", str(rounds),
+                              "--warmup", str(warmup), "--device", args.device], work / "timing.json")
+        # per timed forward pass (dense and compressed alike: an upper bound for compressed models)
+        stages["time-models"] |= {"forward_s": stages["time-models"]["wall_s"] / ((rounds + warmup) * 2),
+                                  "fixed_s": 0.0, "batch_size": 32, "seq_len": 128}
+        # two sizes: the per-example cost from their difference, the rest (loading the model and
+        # the features) is the job's fixed cost
+        walls, counts = [], []
+        for n_eval in (32, 256):
+            record = stage("evaluate", ["evaluate", "--model", str(fact), *common, "--max-eval-samples", str(n_eval)],
+                           work / f"eval-{n_eval}.json")
+            walls.append(stages["evaluate"]["wall_s"])
+            counts.append(sum((record.get("n_eval_examples") or {}).values()) or n_eval)
+        if counts[1] > counts[0] and walls[1] > walls[0]:
+            example_s = (walls[1] - walls[0]) / (counts[1] - counts[0])
+        else:  # a dev set of <= 32 examples (or timer noise): charge it all per example
+            example_s = walls[1] / counts[1]
+        stages["evaluate"] |= {"example_s": example_s, "fixed_s": max(0.0, walls[1] - example_s * counts[1])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
+    # every job is a fresh process: the interpreter and the imports of torch / transformers / lpaf,
+    # which the in-process stages above did once
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import lpaf.cli, lpaf.training, lpaf.stages.prune"], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    process_start_s = time.perf_counter() - t0
     blob = {"model": args.model, "task": args.task, "device": args.device, "device_name": device_name,
             "precision": args.precision, "threads": args.threads, "max_length": args.max_length,
-            "batch_size": args.batch_size, "label": args.label, "torch": torch.__version__, "stages": stages}
+            "batch_size": args.batch_size, "label": args.label, "torch": torch.__version__,
+            "process_start_s": process_start_s, "stages": stages}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(blob, indent=1) + "\n", encoding="utf-8")
     print(f"lpaf calibrate: wrote {args.out}: " + ", ".join(

@@ -10,6 +10,8 @@ rule evaluate:
         json=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{chain}}/eval.json",
     log:
         "logs/{model}/{task}/s{seed}/{chain}/evaluate.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{chain}/evaluate.benchmark.tsv",
     params:
         model=lambda wildcards, input: out_dir(input.model),
         data=lambda wildcards: data_flags(wildcards.task),
@@ -33,6 +35,8 @@ rule rank_study:
         json=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{chain}}/rank.json",
     log:
         "logs/{model}/{task}/s{seed}/{chain}/rank_study.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{chain}/rank_study.benchmark.tsv",
     params:
         model=lambda wildcards, input: out_dir(input.model),
     threads: config["compute"]["eval_threads"]
@@ -52,6 +56,8 @@ rule timing:
         json=f"{RESULTS}/{{model}}/timing.json",
     log:
         "logs/{model}/timing.log",
+    benchmark:
+        "logs/{model}/timing.benchmark.tsv",
     params:
         models=lambda wildcards, input: " ".join(shlex.quote(out_dir(m)) for m in input.models),
         flags=to_flags({"rounds": config["evaluate"]["latency_batches"]}),

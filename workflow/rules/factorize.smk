@@ -9,6 +9,8 @@ rule factorize:
         metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{source}}/{{fact}}/metrics.json",
     log:
         "logs/{model}/{task}/s{seed}/{source}/{fact}/factorize.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{source}/{fact}/factorize.benchmark.tsv",
     params:
         source=lambda wildcards, input: out_dir(input.source),
         data=lambda wildcards: data_flags(wildcards.task),

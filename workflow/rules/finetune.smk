@@ -10,6 +10,8 @@ rule finetune:
         metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/metrics.json",
     log:
         "logs/{model}/{task}/s{seed}/{teacher}/finetune.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{teacher}/finetune.benchmark.tsv",
     params:
         model=model_dir(),
         revision=to_flags({"model_revision": config["model_revision"]}),

@@ -9,6 +9,8 @@ rule prune:
         metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/{{prune}}/metrics.json",
     log:
         "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.benchmark.tsv",
     params:
         teacher=lambda wildcards, input: out_dir(input.teacher),
         data=lambda wildcards: data_flags(wildcards.task),

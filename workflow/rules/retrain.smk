@@ -10,6 +10,8 @@ rule retrain:
         metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{source}}/{{fact}}/{{retrain}}/metrics.json",
     log:
         "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.log",
+    benchmark:
+        "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.benchmark.tsv",
     params:
         model=lambda wildcards, input: out_dir(input.model),
         teacher=lambda wildcards, input: out_dir(input.teacher),
