@@ -161,6 +161,8 @@ def plan_jobs(configfile: str, config: list[str] | None = None, snakefile: str =
             n = sizes(job.task, getattr(ns, "data", None))
             job.steps = training_steps(n, ns)
             job.examples = min(n, ns.max_train_samples or n)
+            dev = DEV_EXAMPLES.get(job.task or "", 0)
+            job.flags["final_eval_examples"] = min(dev, getattr(ns, "max_eval_samples", None) or dev)
             if stage == "prune":
                 job.kind = f"prune-{ns.method}"
             if stage == "retrain":
@@ -231,7 +233,8 @@ def job_seconds(job: PlannedJob, calibration: dict[str, Any], scale: float = 1.0
     if job.stage == "evaluate":
         seconds += job.examples * float(entry.get("example_s", 0.0)) * scale
     if job.stage in TRAINING_STAGES and "evaluate" in stages:  # its final dev evaluation
-        seconds += DEV_EXAMPLES.get(job.task or "", 0) * float(stages["evaluate"].get("example_s", 0.0)) * scale
+        final_eval = job.flags.get("final_eval_examples", DEV_EXAMPLES.get(job.task or "", 0))
+        seconds += final_eval * float(stages["evaluate"].get("example_s", 0.0)) * scale
     return seconds
 
 

@@ -140,3 +140,20 @@ def test_bad_calibrate_input_is_one_line(tmp_path, capsys):
                  "--prune-methods", "movement", "l0"]) == 2
     err = capsys.readouterr().err
     assert "--prune-methods" in err and "platon" in err and "'l0'" in err and not (tmp_path / "c.json").exists()
+
+
+def test_final_dev_evaluation_is_priced_at_the_evaluated_subset(tmp_path):
+    """config/mini_qa.yaml scores its training jobs on the first 500 evaluation questions, not all."""
+    from conftest import write_squad_json
+
+    split = tmp_path / "split"
+    assert main(["split-squad", "--source", str(write_squad_json(tmp_path / "dev.json", n_articles=5)),
+                 "--out", str(split), "--eval-articles", "2"]) == 0
+    jobs = plan_jobs(str(REPO / "config" / "mini_qa.yaml"), [f"task_settings={{squad: {{data_dir: {split}}}}}"],
+                     snakefile=SNAKEFILE)
+    training = [j for j in jobs if j.stage in ("finetune", "prune", "retrain")]
+    assert training and all(j.flags["final_eval_examples"] == 500 for j in training)
+    calib = _calibration(192, 1.0)
+    calib["stages"]["evaluate"] = {"example_s": 0.01, "fixed_s": 0.0}
+    teacher = next(j for j in training if j.stage == "finetune")
+    assert job_seconds(teacher, calib) == pytest.approx(1.0 + teacher.steps * 1.0 + 500 * 0.01)
