@@ -58,6 +58,12 @@ class PlannedJob:
 
 def _dry_run(configfile: str, config: list[str], snakefile: str) -> str:
     with tempfile.TemporaryDirectory(prefix="lpaf-plan-") as work:
+        # An empty workdir, so every artifact counts; but a config's relative paths (model_path,
+        # data_dir: resources/...) resolve against the workdir, so link in everything of the
+        # current directory that is not an output of the workflow.
+        for entry in Path.cwd().iterdir():
+            if entry.name not in ("results", "logs", ".snakemake"):
+                os.symlink(entry.resolve(), Path(work) / entry.name)
         cmd = [sys.executable, "-m", "snakemake", "-s", str(Path(snakefile).resolve()), "-d", work,
                "--configfile", str(Path(configfile).resolve()), "-n", "-p"]
         if config:

@@ -157,3 +157,17 @@ def test_final_dev_evaluation_is_priced_at_the_evaluated_subset(tmp_path):
     calib["stages"]["evaluate"] = {"example_s": 0.01, "fixed_s": 0.0}
     teacher = next(j for j in training if j.stage == "finetune")
     assert job_seconds(teacher, calib) == pytest.approx(1.0 + teacher.steps * 1.0 + 500 * 0.01)
+
+
+def test_relative_data_paths_resolve_like_the_users_run(tmp_path, monkeypatch):
+    """config/mini_qa.yaml names its split as resources/data/...: relative to where snakemake runs.
+    The plan's dry run (in an empty workdir) must see it the same way."""
+    from conftest import write_squad_json
+
+    monkeypatch.chdir(tmp_path)
+    split = Path("resources/data/squad-devsplit-38-10")
+    assert main(["split-squad", "--source", str(write_squad_json(tmp_path / "dev.json", n_articles=5)),
+                 "--out", str(split), "--eval-articles", "2"]) == 0
+    (tmp_path / "results").mkdir()  # outputs of an earlier run must not hide jobs from the plan
+    jobs = plan_jobs(str(REPO / "config" / "mini_qa.yaml"), snakefile=SNAKEFILE)
+    assert sum(j.rule == "finetune" for j in jobs) == 1 and any(j.rule == "retrain" for j in jobs)
