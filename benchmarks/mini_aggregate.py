@@ -1,14 +1,17 @@
-"""Aggregate every committed seed of the mini reproduction into one table (issue 14).
+"""Aggregate every committed (seed, task) run of the mini reproduction into one table (issues 14, 17).
 
-A seed of config/mini.yaml takes about two hours on 2 cores, so seeds are run one at a time,
-possibly in different sessions on different machines. `benchmarks/mini_summary.py` commits each
-finished seed's small results under `benchmarks/results/mini/seeds/s<seed>/` (runs.csv,
-rank_study.csv, run_info.json with the commit and a digest of the config), and this script rebuilds
-`table.csv`, `table.md`, `runs.csv` and `rank_study.csv` of `benchmarks/results/mini/` from all of
-them, then the claims (`mini_claims.py`). Seeds run with a different config file are refused (the
-digest differs); seeds from different commits are allowed and listed in `aggregate_info.json`.
+A seed of config/mini.yaml takes about two hours on 2 cores, so runs are made one seed (or one
+task of a seed) at a time, possibly in different sessions on different machines.
+`benchmarks/mini_summary.py` commits each finished run's small results under
+`benchmarks/results/mini/seeds/s<seed>/<task>/` (runs.csv, rank_study.csv, run_info.json with the
+config file, its digest and the commit), and this script rebuilds `table.csv`, `table.md`,
+`runs.csv`, `rank_study.csv` and the figures of `benchmarks/results/mini/` from all of them, then
+the claims (`mini_claims.py`). The GLUE tasks come from config/mini.yaml and SQuAD from
+config/mini_qa.yaml (not the official split: see that file), so the check is per task: every seed of
+one task must come from the same config values (the digest ignores comments); seeds from different
+commits are allowed and listed in `aggregate_info.json`.
 
-    python benchmarks/mini_aggregate.py            # after adding a seed with mini_summary.py
+    python benchmarks/mini_aggregate.py            # after adding a run with mini_summary.py
 """
 
 from __future__ import annotations
@@ -25,32 +28,45 @@ OUT = REPO / "benchmarks" / "results" / "mini"
 CONFIG = REPO / "config" / "mini.yaml"
 
 
-def config_digest(path: Path = CONFIG) -> str:
-    """sha256 of the config file's text, first 12 hex digits: what must match across seeds."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+def config_digest(path: Path = CONFIG, text: str | None = None) -> str:
+    """sha256 of the config's values (YAML parsed, comments and layout ignored), 12 hex digits:
+    what must match across the seeds of a task."""
+    import yaml
+
+    values = yaml.safe_load(path.read_text() if text is None else text)
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def seed_dirs(out: Path) -> list[Path]:
-    return sorted((p for p in (out / "seeds").glob("s*") if (p / "runs.csv").is_file()),
-                  key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else p.name)
+def run_dirs(out: Path) -> list[Path]:
+    """Every committed `seeds/s<seed>/<task>/` directory with a runs.csv, by seed then task."""
+    def key(p: Path):
+        seed = p.parent.name[1:]
+        return (int(seed) if seed.isdigit() else 10**9, p.name)
+
+    return sorted((p for p in (out / "seeds").glob("s*/*") if (p / "runs.csv").is_file()), key=key)
 
 
 def load_seed_runs(out: Path):
-    """Every committed seed's runs and rank rows, checked to come from one config."""
+    """Every committed run's rows and rank rows, checked: one config per task across its seeds."""
     import pandas as pd
 
-    dirs = seed_dirs(out)
+    dirs = run_dirs(out)
     if not dirs:
-        raise SystemExit(f"mini_aggregate: no committed seeds under {out / 'seeds'} (run mini_summary.py first)")
-    infos = {d.name: json.loads((d / "run_info.json").read_text()) for d in dirs}
-    digests = {name: info.get("config_digest") for name, info in infos.items()}
-    if len(set(digests.values())) > 1:
-        first = next(iter(digests))
-        other = next(n for n, v in digests.items() if v != digests[first])
-        raise SystemExit(f"mini_aggregate: seeds {first} and {other} were run with different config files "
-                         f"(digest {digests[first]} vs {digests[other]}); rerun one of them or move it aside")
+        raise SystemExit(f"mini_aggregate: no committed runs under {out / 'seeds'} (run mini_summary.py first)")
+    infos = {f"{d.parent.name}/{d.name}": json.loads((d / "run_info.json").read_text()) for d in dirs}
+    by_task: dict[str, dict[str, str]] = {}
+    for name, info in infos.items():
+        by_task.setdefault(name.split("/")[1], {})[name] = info.get("config_digest")
+    for task, digests in by_task.items():
+        if len(set(digests.values())) > 1:
+            first = next(iter(digests))
+            other = next(n for n, v in digests.items() if v != digests[first])
+            raise SystemExit(f"mini_aggregate: {first} and {other} were run with different config files "
+                             f"(digest {digests[first]} vs {digests[other]}); rerun one of them or move it aside")
     runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
     ranks = [pd.read_csv(d / "rank_study.csv") for d in dirs if (d / "rank_study.csv").is_file()]
+    ranks = [r for r in ranks if not r.empty]
     ranks = pd.concat(ranks, ignore_index=True) if ranks else None
     return runs, ranks, infos
 
@@ -70,7 +86,25 @@ def _restore_run_columns(runs):
     return runs
 
 
-def aggregate(out: Path = OUT) -> dict:
+def draw_figures(table, ranks, out: Path) -> list[str]:
+    """The workflow's figures, redrawn from the aggregated table (every committed seed and task)."""
+    from lpaf.report import ABLATION_METHODS, ablation_figure, metric_figure, rank_figure, speedup_figure
+
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for task in dict.fromkeys(table["task"]):
+        drawn.append(metric_figure(table, task, figures / f"{task}_metric.png").name)
+        if ranks is not None and (ranks["task"] == task).any():
+            drawn.append(rank_figure(ranks, task, figures / f"{task}_rank.png").name)
+    if "speedup_mean" in table and table["speedup_mean"].notna().any():
+        drawn.append(speedup_figure(table, figures / "speedup.png").name)
+    if len(set(table["method"]) & set(ABLATION_METHODS)) >= 2:
+        drawn.append(ablation_figure(table, figures / "ablation.png").name)
+    return drawn
+
+
+def aggregate(out: Path = OUT, figures: bool = True) -> dict:
     from lpaf.report import aggregate as aggregate_runs
     from lpaf.report import markdown_tables
 
@@ -82,9 +116,17 @@ def aggregate(out: Path = OUT) -> dict:
     runs.drop(columns=["metric_keys"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
     if ranks is not None:
         ranks.to_csv(out / "rank_study.csv", index=False, float_format="%.6g")
-    info = {"seeds": sorted(int(n[1:]) for n in infos), "config_digest": next(iter(infos.values())).get("config_digest"),
-            "commits": {n: i.get("commit") for n, i in infos.items()},
+    tasks: dict[str, dict] = {}
+    for name, i in infos.items():
+        seed, task = name.split("/")
+        t = tasks.setdefault(task, {"config": i.get("config"), "config_digest": i.get("config_digest"),
+                                    "seeds": [], "commits": {}})
+        t["seeds"].append(int(seed[1:]))
+        t["commits"][seed] = i.get("commit")
+    info = {"tasks": tasks, "seeds": sorted({s for t in tasks.values() for s in t["seeds"]}),
             "rows": int(len(table)), "min_n_seeds": int(table["n_seeds"].min())}
+    if figures:
+        info["figures"] = draw_figures(table, ranks, out)
     (out / "aggregate_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -93,11 +135,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default=str(OUT))
     p.add_argument("--no-claims", action="store_true")
+    p.add_argument("--no-figures", action="store_true")
     args = p.parse_args()
     out = Path(args.dir)
-    info = aggregate(out)
-    print(f"mini_aggregate: {info['rows']} rows from seeds {info['seeds']} (every row has >= {info['min_n_seeds']} "
-          f"seeds) -> {out}")
+    info = aggregate(out, figures=not args.no_figures)
+    per_task = ", ".join(f"{t} seeds {v['seeds']}" for t, v in info["tasks"].items())
+    print(f"mini_aggregate: {info['rows']} rows ({per_task}; every row has >= {info['min_n_seeds']} seeds) -> {out}")
     if args.no_claims:
         return 0
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "mini_claims.py"), "--dir", str(out)],

@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 # dev accuracy of always predicting the majority class (MRPC: 279 of 408 paraphrases, F1 81.2;
 # SST-2: 444 of 872 positive; CoLA: 721 of 1,043 acceptable): for runs without the degenerate flag
 MAJORITY_ACCURACY = {"mrpc": 279 / 408, "sst2": 444 / 872, "cola": 721 / 1043}
+QA_TASKS = ("squad", "squad_v2")  # EM / F1 are already percentages; GLUE metrics are fractions
 # two-sided 95% Student-t quantiles by degrees of freedom
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -43,6 +44,10 @@ def is_degenerate(run: dict) -> bool:
     acc = run.get("dev_accuracy")
     return acc not in (None, "") and run["task"] in MAJORITY_ACCURACY \
         and abs(float(acc) - MAJORITY_ACCURACY[run["task"]]) < 5e-4
+
+
+def scale(task: str) -> float:
+    return 1.0 if task in QA_TASKS else 100.0
 
 
 def paired(diffs: list[float]) -> tuple[float, float | None, float | None]:
@@ -77,17 +82,18 @@ def main() -> int:
         return {int(r["seed"]): r for r in runs if r["task"] == task and r["method"] == method
                 and (density is None or float(r["density"]) == density)}
 
-    def compare(task, a, b, density, b_density=None):
-        """Paired differences a − b (headline), the failed seeds of each, and the per-row summaries."""
+    def compare(task, a, b, density, b_density=None, metric="headline"):
+        """Paired differences a − b (in points), the failed seeds of each, and the per-row summaries."""
         ra, rb = per_seed(task, a, density), per_seed(task, b, density if b_density is None else b_density)
         failed = {"a": sorted(s for s, r in ra.items() if is_degenerate(r)),
                   "b": sorted(s for s, r in rb.items() if is_degenerate(r))}
         seeds = sorted(set(ra) & set(rb) - set(failed["a"]) - set(failed["b"]))
-        diffs = [float(ra[s]["headline"]) - float(rb[s]["headline"]) for s in seeds]
-        return diffs, failed, row_summary(ra), row_summary(rb)
+        k = scale(task)
+        diffs = [k * (float(ra[s][metric]) - float(rb[s][metric])) for s in seeds]
+        return diffs, failed, row_summary(ra, k, metric), row_summary(rb, k, metric)
 
-    def row_summary(rows: dict[int, dict]):
-        ok = [float(r["headline"]) for r in rows.values() if not is_degenerate(r)]
+    def row_summary(rows: dict[int, dict], k: float, metric: str):
+        ok = [k * float(r[metric]) for r in rows.values() if not is_degenerate(r)]
         if not rows:
             return None
         return {"n": len(rows), "failed": len(rows) - len(ok), "mean": statistics.fmean(ok) if ok else None,
@@ -98,7 +104,7 @@ def main() -> int:
             return "–"
         if s["mean"] is None:
             return f"failed ({s['failed']}/{s['n']} seeds degenerate)"
-        text = f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if s["std"] is not None else "")
+        text = f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["std"] is not None else "")
         return text + (f" ({s['failed']} of {s['n']} seeds failed)" if s["failed"] else "")
 
     def rank(task, label, density):
@@ -112,7 +118,9 @@ def main() -> int:
     densities = sorted({float(r["density"]) for r in runs if r["dense"] != "True"}, reverse=True)
     out: dict = {"test": "paired seeds, two-sided 95% Student-t half-width", "claims": []}
     lines = ["# Claims, read off `runs.csv` / `rank_study.csv` (`python benchmarks/mini_claims.py`)", "",
-             "Headline metric ×100 (SST-2 accuracy, MRPC F1, CoLA MCC). Rows: mean ± sample std over seeds. "
+             "Headline metric in points: ×100 for GLUE (SST-2 accuracy, MRPC F1, CoLA MCC), SQuAD F1 (and, in "
+             "the claims marked (EM), exact match) as percentages (SQuAD rows: config/mini_qa.yaml, trained and "
+             "scored on a split of the official dev set by article, not the official split). Rows: mean ± sample std over seeds. "
              "Difference: mean ± std of the paired per-seed differences; a verdict needs |mean| above the 95% "
              "t half-width of those differences (else \"within noise\"); one seed gives no verdict. Seeds whose "
              "run predicted one class for ≥ 99% of the dev set are failed runs and left out of the pairs.", "",
@@ -122,14 +130,17 @@ def main() -> int:
     def add(claim, task, density, text, diffs, v):
         mean, std, half = paired(diffs) if diffs else (None, None, None)
         out["claims"].append({"claim": claim, "task": task, "density": density, "text": text,
-                              "paired_differences_points": [round(100 * x, 2) for x in diffs],
-                              "mean_points": None if mean is None else round(100 * mean, 2),
-                              "std_points": None if std is None else round(100 * std, 2),
-                              "half_width_95_points": None if half is None else round(100 * half, 2), "verdict": v})
-        diff_text = "–" if mean is None else f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+                              "paired_differences_points": [round(x, 2) for x in diffs],
+                              "mean_points": None if mean is None else round(mean, 2),
+                              "std_points": None if std is None else round(std, 2),
+                              "half_width_95_points": None if half is None else round(half, 2), "verdict": v})
+        diff_text = "–" if mean is None else f"{mean:+.1f}" + (f" ± {std:.1f}" if std is not None else "")
         lines.append(f"| {claim} | {task} | {density:g} | {text} | {diff_text} | {len(diffs)} | {v} |")
 
     for task in tasks:
+        k = scale(task)
+        # SQuAD: every claim on F1 (the headline) and again on exact match, marked (EM)
+        metrics = [("headline", "")] + ([("dev_exact_match", " (EM)")] if task in QA_TASKS else [])
         for density in densities:
             for first in ("movement", "platon"):
                 fr, mg = rank(task, first, density), rank(task, "magnitude", density)
@@ -137,45 +148,49 @@ def main() -> int:
                     add(f"C2 rank ({first} < magnitude)", task, density,
                         f"mean rank {first} {fr[0]:.1f} vs magnitude {mg[0]:.1f} (99%-energy {fr[1]:.1f} vs "
                         f"{mg[1]:.1f})", [], "holds" if fr[0] < mg[0] - 1 else "does not hold")
-                diffs, _, a, b = compare(task, first, "magnitude", density)
+                for metric, tag in metrics:
+                    diffs, _, a, b = compare(task, first, "magnitude", density, metric=metric)
+                    if a and b:
+                        add(f"C2 accuracy ({first} ≥ magnitude){tag}", task, density, f"{fmt(a)} vs {fmt(b)}",
+                            diffs, verdict(diffs, "holds", "does not hold"))
+            for metric, tag in metrics:
+                for base in ("svd", "fwsvd"):
+                    diffs, _, a, b = compare(task, "lpaf", base, density, metric=metric)
+                    if a and b:
+                        add(f"C3 lpaf > {base}{tag}", task, density, f"{fmt(a)} vs {fmt(b)}", diffs,
+                            verdict(diffs, "holds", "does not hold"))
+                for other, claim, better, worse in (
+                        ("lpaf-no-sa-svd", "C4 lpaf > lpaf − sa-svd", "holds", "does not hold"),
+                        ("lpaf-no-mixed-rank", "C5 lpaf > lpaf − mixed-rank", "holds", "does not hold"),
+                        ("lpaf-fisher", "lpaf + fisher vs lpaf", "lpaf better", "lpaf + fisher better"),
+                        ("lpaf-movement", "lpaf (PLATON) vs lpaf (movement pruning)", "PLATON better",
+                         "movement better")):
+                    diffs, _, a, b = compare(task, "lpaf", other, density, metric=metric)
+                    if a and b:
+                        add(claim + tag, task, density, f"{fmt(a)} vs {fmt(b)}", diffs, verdict(diffs, better, worse))
+        for metric, tag in metrics:
+            if densities:
+                diffs, _, a, b = compare(task, "lpaf", "dense", densities[0], b_density=1.0, metric=metric)
                 if a and b:
-                    add(f"C2 accuracy ({first} ≥ magnitude)", task, density, f"{fmt(a)} vs {fmt(b)}", diffs,
-                        verdict(diffs, "holds", "does not hold"))
-            for base in ("svd", "fwsvd"):
-                diffs, _, a, b = compare(task, "lpaf", base, density)
-                if a and b:
-                    add(f"C3 lpaf > {base}", task, density, f"{fmt(a)} vs {fmt(b)}", diffs,
-                        verdict(diffs, "holds", "does not hold"))
-            for other, claim, better, worse in (
-                    ("lpaf-no-sa-svd", "C4 lpaf > lpaf − sa-svd", "holds", "does not hold"),
-                    ("lpaf-no-mixed-rank", "C5 lpaf > lpaf − mixed-rank", "holds", "does not hold"),
-                    ("lpaf-fisher", "lpaf + fisher vs lpaf", "lpaf better", "lpaf + fisher better"),
-                    ("lpaf-movement", "lpaf (PLATON) vs lpaf (movement pruning)", "PLATON better", "movement better")):
-                diffs, _, a, b = compare(task, "lpaf", other, density)
-                if a and b:
-                    add(claim, task, density, f"{fmt(a)} vs {fmt(b)}", diffs, verdict(diffs, better, worse))
-        if densities:
-            diffs, _, a, b = compare(task, "lpaf", "dense", densities[0], b_density=1.0)
-            if a and b:
-                within = [x + 0.02 for x in diffs]  # lpaf − (dense − 2 points) > 0 <=> within 2 points
-                add("lpaf within 2 points of dense", task, densities[0], f"{fmt(a)} vs dense {fmt(b)}", diffs,
-                    verdict(within, "holds", "does not hold"))
-        if len(densities) >= 2:
-            hi, lo = densities[0], densities[-1]
-            gap = {}
-            for density in (hi, lo):
-                lp = per_seed(task, "lpaf", density)
-                bases = [per_seed(task, m, density) for m in ("svd", "fwsvd")]
-                gap[density] = {s: float(lp[s]["headline"]) - max(float(b[s]["headline"]) for b in bases)
-                                for s in lp if all(s in b for b in bases) and not is_degenerate(lp[s])}
-            seeds = sorted(set(gap[hi]) & set(gap[lo]))
-            diffs = [gap[lo][s] - gap[hi][s] for s in seeds]
-            if diffs:
-                add("C3 gap grows with compression", task, lo,
-                    f"lpaf − best of svd/fwsvd: {100 * statistics.fmean(gap[hi][s] for s in seeds):+.1f} at {hi:g}, "
-                    f"{100 * statistics.fmean(gap[lo][s] for s in seeds):+.1f} at {lo:g}", diffs,
-                    "does not hold (lpaf is not ahead at the lower density)"
-                    if statistics.fmean(gap[lo][s] for s in seeds) <= 0 else verdict(diffs, "holds", "does not hold"))
+                    within = [x + 2.0 for x in diffs]  # lpaf − (dense − 2 points) > 0 <=> within 2 points
+                    add("lpaf within 2 points of dense" + tag, task, densities[0], f"{fmt(a)} vs dense {fmt(b)}",
+                        diffs, verdict(within, "holds", "does not hold"))
+            if len(densities) >= 2:
+                hi, lo = densities[0], densities[-1]
+                gap = {}
+                for density in (hi, lo):
+                    lp = per_seed(task, "lpaf", density)
+                    bases = [per_seed(task, m, density) for m in ("svd", "fwsvd")]
+                    gap[density] = {s: k * (float(lp[s][metric]) - max(float(b[s][metric]) for b in bases))
+                                    for s in lp if all(s in b for b in bases) and not is_degenerate(lp[s])}
+                seeds = sorted(set(gap[hi]) & set(gap[lo]))
+                diffs = [gap[lo][s] - gap[hi][s] for s in seeds]
+                if diffs:
+                    add("C3 gap grows with compression" + tag, task, lo,
+                        f"lpaf − best of svd/fwsvd: {statistics.fmean(gap[hi][s] for s in seeds):+.1f} at {hi:g}, "
+                        f"{statistics.fmean(gap[lo][s] for s in seeds):+.1f} at {lo:g}", diffs,
+                        "does not hold (lpaf is not ahead at the lower density)"
+                        if statistics.fmean(gap[lo][s] for s in seeds) <= 0 else verdict(diffs, "holds", "does not hold"))
     (d / "claims.json").write_text(json.dumps(out, indent=1) + "\n")
     (d / "claims.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

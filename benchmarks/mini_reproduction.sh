@@ -4,11 +4,13 @@
 #   benchmarks/mini_reproduction.sh              # starts in the background, prints the log path
 #   benchmarks/mini_reproduction.sh --foreground # same, in this terminal
 #   SEEDS='[42,43,44,45,46]' benchmarks/mini_reproduction.sh   # 5 seeds (continues a 1-seed run)
+#   SEEDS='[43]' TASKS='[cola]' benchmarks/mini_reproduction.sh  # one task of one seed (< 150 min each)
 #
 # Resumable: rerunning it continues where it stopped (Snakemake reruns only missing or incomplete
 # artifacts; an interrupted training job resumes from its last checkpoint). When the table is
-# complete, benchmarks/mini_summary.py copies table, figures and per-stage wall times to
-# benchmarks/results/mini/ (small files only; no weights).
+# complete, benchmarks/mini_summary.py commits each (seed, task) run's rows and per-stage wall times
+# under benchmarks/results/mini/seeds/s<seed>/<task>/ and rebuilds the table, figures and claims
+# from every committed run (small files only; no weights).
 # Needs: ../shared (models/all-MiniLM-L6-v2, data/glue) beside the repository, and an environment
 # with lpaf installed; without one it creates .venv the way .ci/run does.
 set -euo pipefail
@@ -18,6 +20,7 @@ MODEL="$SHARED/models/all-MiniLM-L6-v2"
 DATA="$SHARED/data"
 CORES=${CORES:-2}
 SEEDS=${SEEDS:-}
+TASKS=${TASKS:-}
 LOG=logs/mini_reproduction.log
 
 if [[ ! -f "$MODEL/config.json" || ! -d "$DATA/glue" ]]; then
@@ -43,7 +46,9 @@ fi
 
 extra=()
 [[ -n "$SEEDS" ]] && extra=("seeds=$SEEDS")
-echo "[$(date -u +%FT%TZ)] start: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores, CORES=$CORES"
+# a subset of the tasks: the latency and rank-study task lists follow it (they must name run tasks)
+[[ -n "$TASKS" ]] && extra+=("tasks=$TASKS" "evaluate={tasks: $TASKS}" "rank_study={tasks: $TASKS}")
+echo "[$(date -u +%FT%TZ)] start: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores, CORES=$CORES, SEEDS=${SEEDS:-config}, TASKS=${TASKS:-config}"
 start=$(date +%s)
 snakemake --cores "$CORES" --configfile config/mini.yaml --rerun-incomplete --keep-going \
   --config model_path="$MODEL" data_dir="$DATA" "${extra[@]}"

@@ -1,11 +1,15 @@
-"""Collect the mini reproduction (config/mini.yaml) into benchmarks/results/mini/, seed by seed.
+"""Collect a finished mini reproduction run into benchmarks/results/mini/, one (seed, task) at a time.
 
-For every seed of the workflow's results/runs.csv it writes `seeds/s<seed>/` (that seed's runs,
-rank-study rows and `run_info.json`: command, commit, config digest, machine, and the wall time per
-stage summed from the seed's artifacts' `metrics.json` / `eval.json` / `rank.json`, so a run
-continued across several invocations is still accounted for), copies the figures, and then
-benchmarks/mini_aggregate.py rebuilds the table from *every committed seed* and the claims. Run by
-benchmarks/mini_reproduction.sh when the table is complete; rerun it by hand after a resumed run.
+For every seed and task of the workflow's results/runs.csv it writes `seeds/s<seed>/<task>/`
+(that run's rows, rank-study rows and `run_info.json`: command, config file and digest, commit,
+machine, and the wall time per stage summed from the run's artifacts' `metrics.json` / `eval.json` /
+`rank.json`, so a run continued across several invocations is still accounted for). Then
+benchmarks/mini_aggregate.py rebuilds the table and figures from *every committed run* and the
+claims. Run by benchmarks/mini_reproduction.sh when the table is complete; rerun it by hand after
+a resumed run. The QA reproduction (config/mini_qa.yaml) is collected the same way:
+
+    python benchmarks/mini_summary.py --config config/mini_qa.yaml --snakemake-wall-s 5400
+    python benchmarks/mini_summary.py --workdir /path/to/other/checkout   # a run made elsewhere
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "results"
 OUT = REPO / "benchmarks" / "results" / "mini"
 COPY = ["runs.csv", "rank_study.csv"]  # what a finished workflow run must have written
-COMMAND = "benchmarks/mini_reproduction.sh  # = snakemake --cores 2 --configfile config/mini.yaml " \
-          "--config model_path=../shared/models/all-MiniLM-L6-v2 data_dir=../shared/data"
+COMMANDS = {
+    "config/mini.yaml": "benchmarks/mini_reproduction.sh  # = snakemake --cores 2 --configfile config/mini.yaml "
+                        "--config model_path=../shared/models/all-MiniLM-L6-v2 data_dir=../shared/data",
+    "config/mini_qa.yaml": "snakemake --cores 2 --configfile config/mini_qa.yaml "
+                           "--config model_path=../shared/models/all-MiniLM-L6-v2",
+}
 
 
 def stage_of(path: Path, record: dict) -> str:
@@ -36,9 +42,9 @@ def stage_of(path: Path, record: dict) -> str:
     return str(record.get("stage", path.parent.name.split("-")[0]))
 
 
-def wall_times(seed: int | None = None) -> dict[str, dict[str, float]]:
+def wall_times(results: Path, seed: int | str = "*", task: str = "*") -> dict[str, dict[str, float]]:
     per_stage: dict[str, list[float]] = defaultdict(list)
-    for path in sorted(RESULTS.glob(f"*/*/s{'*' if seed is None else seed}/**/*.json")):
+    for path in sorted(results.glob(f"*/{task}/s{seed}/**/*.json")):
         if path.name not in ("metrics.json", "eval.json", "rank.json") or ".partial-" in str(path):
             continue
         try:
@@ -59,18 +65,24 @@ def main() -> int:
     parser.add_argument("--snakemake-wall-s", type=float, default=None,
                         help="wall time of the last snakemake invocation")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--config", default="config/mini.yaml",
+                        help="the config file the run used, relative to --workdir (default: config/mini.yaml)")
+    parser.add_argument("--workdir", default=str(REPO),
+                        help="the checkout the workflow ran in (its results/ and config; default: this one)")
+    parser.add_argument("--out", default=str(OUT), help="where the runs are committed (default: %(default)s)")
     args = parser.parse_args()
-    missing = [name for name in COPY if not (RESULTS / name).is_file()]
+    workdir, out = Path(args.workdir).resolve(), Path(args.out)
+    results, config = workdir / "results", workdir / args.config
+    if not config.is_file():
+        print(f"mini_summary: --config {args.config}: no such file under {workdir}", file=sys.stderr)
+        return 2
+    missing = [name for name in COPY if not (results / name).is_file()]
     if missing:
-        print(f"mini_summary: results/{missing[0]} is missing: the workflow has not finished "
+        print(f"mini_summary: {results / missing[0]} is missing: the workflow has not finished "
               "(rerun benchmarks/mini_reproduction.sh)", file=sys.stderr)
         return 2
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "figures").mkdir(exist_ok=True)
-    for png in sorted((RESULTS / "figures").glob("*.png")):
-        shutil.copy2(png, OUT / "figures" / png.name)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True,
                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
@@ -78,34 +90,39 @@ def main() -> int:
 
     from mini_aggregate import config_digest
 
-    runs = pd.read_csv(RESULTS / "runs.csv")
-    ranks = pd.read_csv(RESULTS / "rank_study.csv")
-    seeds = sorted(int(s) for s in runs["seed"].unique())
-    for seed in seeds:
-        d = OUT / "seeds" / f"s{seed}"
+    runs = pd.read_csv(results / "runs.csv")
+    ranks = pd.read_csv(results / "rank_study.csv")
+    done = []
+    for (seed, task), rows in runs.groupby(["seed", "task"]):
+        d = out / "seeds" / f"s{int(seed)}" / str(task)
         d.mkdir(parents=True, exist_ok=True)
-        runs[runs["seed"] == seed].to_csv(d / "runs.csv", index=False, float_format="%.6g")
-        ranks[ranks["seed"] == seed].to_csv(d / "rank_study.csv", index=False, float_format="%.6g")
+        rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
+        ranks[(ranks["seed"] == seed) & (ranks["task"] == task)].to_csv(
+            d / "rank_study.csv", index=False, float_format="%.6g")
         info_path = d / "run_info.json"
         previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
         invocations = previous.get("snakemake_invocations_wall_s", []) if previous.get("commit") == commit else []
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
         info = {
-            "command": COMMAND,
-            "config": "config/mini.yaml",
-            "config_digest": config_digest(),
+            "command": COMMANDS.get(args.config, f"snakemake --cores {args.cores} --configfile {args.config}"),
+            "config": args.config,
+            "config_digest": config_digest(config),
             "commit": commit,
-            "seed": seed,
+            "seed": int(seed),
+            "task": str(task),
+            "tasks_in_invocation": sorted(map(str, runs["task"].unique())),
             "machine": {"cores": os.cpu_count(), "snakemake_cores": args.cores,
                         "platform": platform.platform(), "python": platform.python_version()},
             "snakemake_invocations_wall_s": invocations,
-            "stage_wall_times": wall_times(seed),
+            "stage_wall_times": wall_times(results, int(seed), str(task)),
         }
         info_path.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"mini_summary: committed seeds {seeds} under {(OUT / 'seeds').relative_to(REPO)}")
-    # the table of every committed seed (this run's and earlier ones), then the claims
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "mini_aggregate.py")], cwd=REPO).returncode
+        done.append(f"s{int(seed)}/{task}")
+    print(f"mini_summary: committed {', '.join(done)} under {out / 'seeds'}")
+    # the table of every committed run (this one's and earlier ones), its figures, then the claims
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "mini_aggregate.py"), "--dir", str(out)],
+                          cwd=REPO).returncode
 
 
 if __name__ == "__main__":

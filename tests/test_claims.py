@@ -20,19 +20,22 @@ def _claims_module():
     return module
 
 
-RUN_FIELDS = ["model", "task", "method", "label", "density", "seed", "dense", "headline", "dev_accuracy", "degenerate"]
+RUN_FIELDS = ["model", "task", "method", "label", "density", "seed", "dense", "headline", "dev_accuracy", "degenerate",
+              "dev_exact_match"]
 
 
-def _write_runs(d: Path, scores: dict[tuple[str, float], list[float]], degenerate: set = frozenset()) -> None:
+def _write_runs(d: Path, scores: dict[tuple[str, float], list[float]], degenerate: set = frozenset(),
+                task: str = "sst2", exact_match: dict | None = None) -> None:
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RUN_FIELDS)
         w.writeheader()
         for (method, density), per_seed in scores.items():
             for seed, value in zip((1, 2, 3), per_seed):
-                w.writerow({"model": "m", "task": "sst2", "method": method, "label": method, "density": density,
+                w.writerow({"model": "m", "task": task, "method": method, "label": method, "density": density,
                             "seed": seed, "dense": method == "dense", "headline": value, "dev_accuracy": value,
-                            "degenerate": (method, seed) in degenerate})
+                            "degenerate": (method, seed) in degenerate,
+                            "dev_exact_match": (exact_match or {}).get((method, density), [None] * 3)[seed - 1]})
     with open(d / "rank_study.csv", "w", newline="") as f:
         csv.writer(f).writerow(["model", "task", "seed", "label", "density", "avg_rank", "avg_effective_rank_99"])
 
@@ -65,6 +68,25 @@ def test_paired_seeds_decide_the_verdict(tmp_path, monkeypatch):
     assert "| C3 lpaf > svd | sst2 | 0.25 |" in md and "+2.0 ± 0.0 | 3 | holds |" in md
 
 
+def test_squad_claims_in_percent_on_f1_and_exact_match(tmp_path, monkeypatch):
+    """SQuAD scores are already percentages (not x100), and every claim is also made on exact match."""
+    mod = _claims_module()
+    f1 = {("dense", 1.0): [60.0, 61.0, 59.0], ("lpaf", 0.5): [50.0, 52.0, 48.0], ("svd", 0.5): [49.0, 51.0, 47.0],
+          ("fwsvd", 0.5): [50.5, 51.5, 48.5]}
+    em = {("dense", 1.0): [50.0, 51.0, 49.0], ("lpaf", 0.5): [40.0, 42.0, 38.0], ("svd", 0.5): [41.0, 43.0, 39.0],
+          ("fwsvd", 0.5): [40.0, 42.0, 38.0]}
+    _write_runs(tmp_path, f1, task="squad", exact_match=em)
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    v = _verdicts(tmp_path)
+    assert v["C3 lpaf > svd"]["mean_points"] == pytest.approx(1.0) and v["C3 lpaf > svd"]["verdict"] == "holds"
+    assert v["C3 lpaf > svd (EM)"]["mean_points"] == pytest.approx(-1.0)
+    assert v["C3 lpaf > svd (EM)"]["verdict"] == "does not hold"
+    assert v["lpaf within 2 points of dense"]["mean_points"] == pytest.approx(-10.0)
+    assert v["lpaf within 2 points of dense"]["verdict"] == "does not hold"
+    assert "50.0 ± 2.0 vs 49.0 ± 2.0" in v["C3 lpaf > svd"]["text"]
+
+
 def test_one_seed_gives_no_verdict(tmp_path, monkeypatch):
     mod = _claims_module()
     _write_runs(tmp_path, {("lpaf", 0.25): [0.80], ("svd", 0.25): [0.70]})
@@ -89,27 +111,43 @@ def _aggregate_module():
 
 
 def test_committed_seeds_aggregate_into_one_table(tmp_path):
-    """Seeds committed separately (here the committed seed-42 runs and a shifted copy as seed 43)
-    aggregate into one table with n_seeds 2 and a sample std; a seed of another config is refused."""
+    """Runs committed separately per (seed, task) (here the committed seed-42 runs and a shifted copy
+    as seed 43) aggregate into one table with n_seeds 2 and a sample std, with its figures; a seed of
+    one task run with another config is refused, while another task may come from another config."""
     import pandas as pd
 
     mod = _aggregate_module()
-    runs = pd.read_csv(ROOT / "benchmarks" / "results" / "mini" / "runs.csv")
-    ranks = pd.read_csv(ROOT / "benchmarks" / "results" / "mini" / "rank_study.csv")
+    committed = ROOT / "benchmarks" / "results" / "mini" / "seeds" / "s42"
     for seed, shift in ((42, 0.0), (43, 0.01)):
-        d = tmp_path / "seeds" / f"s{seed}"
-        d.mkdir(parents=True)
-        r = runs.assign(seed=seed, headline=runs["headline"] + shift, dev_accuracy=runs["dev_accuracy"] + shift)
-        r.to_csv(d / "runs.csv", index=False)
-        ranks.assign(seed=seed).to_csv(d / "rank_study.csv", index=False)
-        (d / "run_info.json").write_text(json.dumps({"config_digest": "abc", "commit": f"c{seed}"}))
+        for task in ("sst2", "mrpc"):
+            runs = pd.read_csv(committed / task / "runs.csv")
+            ranks = pd.read_csv(committed / task / "rank_study.csv")
+            d = tmp_path / "seeds" / f"s{seed}" / task
+            d.mkdir(parents=True)
+            r = runs.assign(seed=seed, headline=runs["headline"] + shift, dev_accuracy=runs["dev_accuracy"] + shift)
+            r.to_csv(d / "runs.csv", index=False)
+            ranks.assign(seed=seed).to_csv(d / "rank_study.csv", index=False)
+            digest = "abc" if task == "sst2" else "qa-config"  # tasks may come from different configs
+            (d / "run_info.json").write_text(json.dumps({"config_digest": digest, "commit": f"c{seed}"}))
     info = mod.aggregate(tmp_path)
     assert info["seeds"] == [42, 43] and info["min_n_seeds"] == 2
+    assert info["tasks"]["sst2"]["seeds"] == [42, 43] and info["tasks"]["mrpc"]["config_digest"] == "qa-config"
     table = pd.read_csv(tmp_path / "table.csv")
     assert (table["n_seeds"] == 2).all() and "magnitude_overlap" in table and "n_degenerate" in table
     sst2 = table[(table["task"] == "sst2") & (table["method"] == "lpaf") & (table["density"] == 0.25)].iloc[0]
     assert sst2["headline_std"] == pytest.approx(0.01 / 2 ** 0.5, rel=1e-3)
     assert "± " in (tmp_path / "table.md").read_text()
-    (tmp_path / "seeds" / "s43" / "run_info.json").write_text(json.dumps({"config_digest": "other"}))
-    with pytest.raises(SystemExit, match="different config files"):
-        mod.aggregate(tmp_path)
+    for name in ("sst2_metric.png", "mrpc_rank.png", "ablation.png", "speedup.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 0, name
+    (tmp_path / "seeds" / "s43" / "sst2" / "run_info.json").write_text(json.dumps({"config_digest": "other"}))
+    with pytest.raises(SystemExit, match="s42/sst2 and s43/sst2 were run with different config files"):
+        mod.aggregate(tmp_path, figures=False)
+
+
+def test_config_digest_ignores_comments_not_values(tmp_path):
+    mod = _aggregate_module()
+    a, b, c = (tmp_path / n for n in ("a.yaml", "b.yaml", "c.yaml"))
+    a.write_text("# header\ntasks: [sst2]\nseeds: [42]\n")
+    b.write_text("tasks: [sst2]   # a new comment\n\nseeds: [42]\n")
+    c.write_text("tasks: [sst2, cola]\nseeds: [42]\n")
+    assert mod.config_digest(a) == mod.config_digest(b) != mod.config_digest(c)
