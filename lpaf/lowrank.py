@@ -414,6 +414,7 @@ def _ranks_from_factor_shapes(weights_path: Path) -> dict[str, int]:
 def _load_plain_checked(path: Path, auto_cls, kwargs: dict[str, Any]) -> nn.Module:
     """A plain checkpoint, refused when any encoder weight is missing or unexpected (transformers
     would initialise it at random and only log a report)."""
+    kwargs = {"dtype": torch.float32, **kwargs}  # fp32 weights whatever the file stores (not dtype "auto")
     try:
         model, info = auto_cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
                                                output_loading_info=True, **kwargs)

@@ -388,3 +388,24 @@ def test_missing_encoder_weights_are_an_error_not_random_weights(tmp_path):
     safetensors.torch.save_file(weights, str(tmp_path / "m" / WEIGHTS_FILE), metadata={"format": "pt"})
     with pytest.raises(LpafError, match=r"1 weights missing, 0 unexpected.*bert.encoder.layer.1.output.dense.weight"):
         lpaf.load_model(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoints_load_as_fp32(tmp_path, dtype):
+    """A checkpoint stored in fp16/bf16 (common on the hub) is trained from fp32 master weights:
+    transformers 5 loads dtype "auto", which would keep it in half precision."""
+    from transformers import BertForSequenceClassification
+
+    from conftest import make_tiny_model
+    from lpaf.stages.common import load_model as load_stage_model
+    from lpaf.tasks import get_task
+
+    src = make_tiny_model(tmp_path / "fp32")
+    half = tmp_path / dtype
+    BertForSequenceClassification.from_pretrained(src, dtype=getattr(torch, dtype)).save_pretrained(half)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (src / name).is_file():
+            (half / name).write_bytes((src / name).read_bytes())
+    assert BertForSequenceClassification.from_pretrained(half).dtype == getattr(torch, dtype)  # the trap
+    for model in (load_stage_model(str(half), get_task("sst2"), expect="pretrained"), load_model(half)):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,21 +62,21 @@ VARIANTS: dict[str, list[str]] = {
 def base_flags(args, factorized: Path) -> list[str]:
     flags = ["--model", str(factorized), "--teacher", args.teacher, "--task", args.task, "--data", args.data,
              "--max-length", str(args.max_length), "--batch-size", "32",
-             "--device", "cpu", "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
+             "--device", args.device, "--save-steps", "1000", "--eval-every-steps", str(args.eval_every_steps)]
     if args.max_train_samples:
         flags += ["--max-train-samples", str(args.max_train_samples)]
     return flags
 
 
 def factorize(pruned: Path, density: float, out: Path, data: str, method: str, pruned_weight: float,
-              task: str = "sst2", max_length: int = 64) -> Path:
+              task: str = "sst2", max_length: int = 64, device: str = "cpu") -> Path:
     """Rank-r factors of every encoder linear at the density's budget (``lpaf factorize``, which
     also writes the source matrices mixed-rank re-training runs)."""
     if not (out / "metrics.json").is_file():
         cmd = ["nice", "-n", "19", sys.executable, "-m", "lpaf.cli", "factorize", "--model", str(pruned), "--task", task,
                "--data", data, "--max-length", str(max_length), "--method", method, "--density", str(density),
                "--pruned-weight", str(pruned_weight),
-               "--out", str(out), "--device", "cpu"]
+               "--out", str(out), "--device", device]
         subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return out
 
@@ -178,6 +179,9 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["plain-e1", "mixed-e1"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--nice", type=int, default=0, help="run the retrain jobs at this niceness")
+    p.add_argument("--device", default="cpu", help="lpaf retrain --device (cpu, cuda, cuda:N)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="re-training runs at once (on a GPU several small runs share the device)")
     p.add_argument("--summary", action="store_true", help="only summarize the results file")
     p.add_argument("--merge", metavar="OTHER_TAG",
                    help="copy the runs of results_<OTHER_TAG>.json (same factorized model, other seeds, run "
@@ -208,18 +212,22 @@ def main() -> None:
     else:
         pruned = Path(args.pruned)
         factorized = factorize(pruned, args.density, work / "factorized", args.data, args.factorizer,
-                               args.pruned_weight, args.task, args.max_length)
+                               args.pruned_weight, args.task, args.max_length, args.device)
     results = load_results(args.tag)
     results["setup"] = {"teacher": args.teacher, "pruned": str(pruned), "pruned_record": _record(pruned),
                         "factorized_record": _record(factorized), "density": args.density,
                         "factorizer": args.factorizer, "pruned_weight": args.pruned_weight,
                         "task": args.task, "factorized": str(factorized),
                         "max_train_samples": args.max_train_samples, "max_length": args.max_length, "batch_size": 32,
-                        "eval_every_steps": args.eval_every_steps, "threads": 1}
-    for seed in args.seeds:  # seed-major: every variant of a seed lands before the next seed
-        for variant in args.variants:
-            key = f"{variant}/s{seed}"
-            results["runs"][key] = run_one(variant, seed, factorized, args)
+                        "eval_every_steps": args.eval_every_steps, "threads": 1, "device": args.device,
+                        "teacher_record": _record(Path(args.teacher))}
+    # seed-major: every variant of a seed lands before the next seed; each finished run is written at once
+    todo = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_one, variant, seed, factorized, args): f"{variant}/s{seed}"
+                   for variant, seed in todo}
+        for future in as_completed(futures):
+            results["runs"][futures[future]] = future.result()
             results_path(args.tag).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     summarize(args.tag)
 
@@ -276,6 +284,10 @@ def _record(directory: Path) -> dict:
         return {}
     m = json.loads(path.read_text())
     out = {k: m.get(k) for k in ("stage", "method", "density", "metrics", "mean_relative_error") if k in m}
+    if isinstance(m.get("magnitude_overlap"), dict):  # a pruned model: learned mask or magnitude in disguise
+        out["magnitude_overlap_mean"] = m["magnitude_overlap"].get("mean")
+    if isinstance(m.get("train"), dict):
+        out["train_steps"] = m["train"].get("train_steps")
     summary = (m.get("factorization") or {}).get("summary")
     if summary:
         out["factorization_summary"] = summary

@@ -214,7 +214,11 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
         from lpaf.lowrank import load_model as load_lowrank
 
         return load_lowrank(path)
-    kwargs: dict[str, Any] = {"revision": revision}
+    import torch
+
+    # fp32 master weights whatever the checkpoint stores (transformers 5 loads dtype "auto": an fp16 or
+    # bf16 checkpoint would otherwise be trained in half precision; --precision sets autocast instead)
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": torch.float32}
     if not task.is_qa:
         kwargs["num_labels"] = task.num_labels
         if task.is_regression:
