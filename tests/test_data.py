@@ -234,6 +234,9 @@ def test_squad_stride_that_does_not_fit_the_window_is_one_line(squad_dir, tiny_m
     with pytest.raises(LpafError, match=r"--doc-stride 128 must be smaller than --max-length 128"):
         DataArgs(task="squad", max_length=128, doc_stride=128)
     DataArgs(task="sst2", max_length=128, doc_stride=128)  # the stride only matters for QA
+    # without --max-length, QA windows default to run_qa.py's 384 (the default stride 128 fits), GLUE to 128
+    assert DataArgs(task="squad").max_length == 384 and DataArgs(task="squad_v2").max_length == 384
+    assert DataArgs(task="sst2").max_length == 128
     # a stride that fits the window but not a long question: the tokenizer's error, named by flag
     task = get_task("squad")
     raw = load_raw(task, str(squad_dir), ["validation"])
@@ -301,6 +304,23 @@ def test_squad_v2_evaluates_with_unanswerable_questions(tiny_model, tmp_path):
     m = json.loads(out.read_text())["metrics"]
     assert m["HasAns_total"] == 2 and m["NoAns_total"] == 4
     assert 0 <= m["f1"] <= 100 and m["best_f1"] >= m["f1"] - 1e-9
+
+
+def test_evaluate_records_that_max_eval_samples_scored_exactly_those_questions(squad_dir, tiny_model, tmp_path):
+    """eval.json counts the questions, the windows scored, and the distinct questions those windows
+    come from: --max-eval-samples N scores the windows of exactly N questions (it used to keep 3,300)."""
+    import json
+
+    from lpaf.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tiny_model), "--task", "squad", "--data", str(squad_dir),
+                 "--max-length", "20", "--doc-stride", "4", "--max-eval-samples", "3", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    record = json.loads(out.read_text())
+    assert record["n_eval_examples"] == {"validation": 3}
+    assert record["n_eval_feature_examples"] == {"validation": 3}
+    assert record["n_eval_features"]["validation"] > 3  # short windows: several per question
 
 
 def test_hub_ids_are_the_current_ones():

@@ -23,7 +23,8 @@ from lpaf.tasks import TaskSpec, get_task
 class DataArgs:
     task: str = field(metadata={"help": "task name (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad, squad_v2)"})
     data: str | None = field(default=None, metadata={"help": "local data directory (default: the Hugging Face hub)"})
-    max_length: int = field(default=128, metadata={"help": "max tokens per example (SQuAD: window length, 384)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "max tokens per example (default: 128; question answering: 384, the window length, as in run_qa.py)"})
     doc_stride: int = field(default=128, metadata={"help": "SQuAD window stride"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training examples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N dev examples"})
@@ -34,6 +35,8 @@ class DataArgs:
 
     def __post_init__(self):
         get_task(self.task)  # raises with the list of valid names
+        if self.max_length is None:  # QA windows hold a question and a context: run_qa.py's 384 / stride 128
+            self.max_length = 384 if self.spec.is_qa else 128
         problems = []
         if self.max_length < 8:
             problems.append(f"--max-length must be >= 8 (got {self.max_length})")
@@ -83,6 +86,17 @@ class TaskData:
     collator: Any
     source: str
     n_train_examples: int | None
+
+
+def eval_counts(data: TaskData) -> dict[str, Any]:
+    """Dev examples and the features scored per split; for QA also how many distinct examples those
+    windows come from, so a record shows that ``--max-eval-samples N`` scored exactly N questions."""
+    counts: dict[str, Any] = {"n_eval_examples": {s: len(e) for s, e in data.eval_examples.items()},
+                              "n_eval_features": {s: len(f) for s, f in data.eval.items()}}
+    if data.task.is_qa:
+        counts["n_eval_feature_examples"] = {
+            s: len(set(f["example_index"])) for s, f in data.eval.items() if "example_index" in f.column_names}
+    return counts
 
 
 def load_task_data(data_args: DataArgs, tokenizer, with_train: bool = True) -> TaskData:
@@ -347,7 +361,7 @@ def stage_metrics(stage: str, task: TaskSpec, metrics: dict[str, float], model: 
         "wall_time_s": wall_time_s,
         "data_source": data.source if data else None,
         "n_train_examples": data.n_train_examples if data else None,
-        "n_eval_examples": {s: len(e) for s, e in data.eval_examples.items()} if data else None,
+        **(eval_counts(data) if data else {"n_eval_examples": None}),
         **extra,
         **run_record(args),
     }

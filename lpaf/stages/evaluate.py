@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpaf.artifacts import run_record, write_json
-from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, evaluate_with_predictions, load_model, load_task_data,
-                                load_tokenizer, now, seed_everything)
+from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, eval_counts, evaluate_with_predictions, load_model,
+                                load_task_data, load_tokenizer, now, seed_everything)
 from lpaf.training import resolve_device
 
 
@@ -38,7 +38,7 @@ def run(args: EvaluateArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
         "metrics": metrics, "headline_metric": task.headline_key, "headline": metrics.get(task.headline_key),
         "params": params, "retained_percent": retained_percent(params),
         "retained_percent_nonzero": retained_percent(params, "encoder_linear_nonzero"),
-        "n_eval_examples": {s: len(e) for s, e in data.eval_examples.items()}, "data_source": data.source,
+        **eval_counts(data), "data_source": data.source,
         "wall_time_s": now() - t0, "seed": run_args.seed, "predictions": predictions,
         **run_record(asdict_all(args, data_args, run_args)),
     }
