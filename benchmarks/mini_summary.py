@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(REPO),
                         help="the checkout the workflow ran in (its results/ and config; default: this one)")
     parser.add_argument("--out", default=str(OUT), help="where the runs are committed (default: %(default)s)")
+    parser.add_argument("--command", default=None,
+                        help="the exact command that ran, overrides included (default: the config's usual one)")
     args = parser.parse_args()
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     results, config = workdir / "results", workdir / args.config
@@ -105,7 +107,8 @@ def main() -> int:
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
         info = {
-            "command": COMMANDS.get(args.config, f"snakemake --cores {args.cores} --configfile {args.config}"),
+            "command": args.command or COMMANDS.get(args.config,
+                                                    f"snakemake --cores {args.cores} --configfile {args.config}"),
             "config": args.config,
             "config_digest": config_digest(config),
             "commit": commit,
