@@ -182,7 +182,8 @@ def main() -> int:
                     lp = per_seed(task, "lpaf", density)
                     bases = [per_seed(task, m, density) for m in ("svd", "fwsvd")]
                     gap[density] = {s: k * (float(lp[s][metric]) - max(float(b[s][metric]) for b in bases))
-                                    for s in lp if all(s in b for b in bases) and not is_degenerate(lp[s])}
+                                    for s in lp if all(s in b and not is_degenerate(b[s]) for b in bases)
+                                    and not is_degenerate(lp[s])}  # a failed run on either side is no score
                 seeds = sorted(set(gap[hi]) & set(gap[lo]))
                 diffs = [gap[lo][s] - gap[hi][s] for s in seeds]
                 if diffs:

@@ -87,6 +87,19 @@ def test_squad_claims_in_percent_on_f1_and_exact_match(tmp_path, monkeypatch):
     assert "50.0 ± 2.0 vs 49.0 ± 2.0" in v["C3 lpaf > svd"]["text"]
 
 
+def test_gap_with_compression_leaves_out_failed_baselines(tmp_path, monkeypatch):
+    """A degenerate svd / fwsvd run is not a score of 0 to beat: the gap claim drops that seed."""
+    mod = _claims_module()
+    scores = {("lpaf", 0.5): [0.80, 0.81], ("svd", 0.5): [0.78, 0.79], ("fwsvd", 0.5): [0.79, 0.80],
+              ("lpaf", 0.25): [0.70, 0.71], ("svd", 0.25): [0.50, 0.72], ("fwsvd", 0.25): [0.69, 0.70]}
+    _write_runs(tmp_path, scores, degenerate={("svd", 1)})
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    gap = _verdicts(tmp_path)["C3 gap grows with compression"]
+    # seed 2 only: gap 0.71 - 0.72 = -1 point at 0.25, 0.81 - 0.80 = +1 at 0.5
+    assert gap["paired_differences_points"] == pytest.approx([-2.0])
+
+
 def test_one_seed_gives_no_verdict(tmp_path, monkeypatch):
     mod = _claims_module()
     _write_runs(tmp_path, {("lpaf", 0.25): [0.80], ("svd", 0.25): [0.70]})
