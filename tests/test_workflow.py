@@ -869,7 +869,7 @@ def test_config_reference_is_current():
 
 
 def test_mini_qa_config_plans_squad_through_the_chain(tmp_path):
-    """config/mini_qa.yaml: SQuAD dense -> PLATON prune -> factorize -> retrain for the claim rows, on a
+    """config/mini_qa.yaml: SQuAD dense -> PLATON (and magnitude) prune -> factorize -> retrain for the claim rows, on a
     by-article split made by `lpaf split-squad` (here of a synthetic SQuAD file)."""
     from conftest import write_squad_json
     from lpaf.cli import main
@@ -881,8 +881,9 @@ def test_mini_qa_config_plans_squad_through_the_chain(tmp_path):
                     configfile=CONFIGS.get("mini_qa", REPO / "config" / "mini_qa.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
-    # one teacher, PLATON at 2 densities; svd, fwsvd, lpaf, lpaf - sa-svd, lpaf - mixed-rank at 2 densities
-    assert counts["finetune"] == 1 and counts["prune"] == 2 and counts["retrain"] == 10
+    # one teacher; PLATON and magnitude (the C2 rank comparison) at 2 densities;
+    # svd, fwsvd, lpaf, lpaf - sa-svd, lpaf - mixed-rank re-trained at 2 densities
+    assert counts["finetune"] == 1 and counts["prune"] == 4 and counts["retrain"] == 10
     jobs = planned_jobs(res.stdout)
     assert all("--max-length 192" in j["shell"] and "--doc-stride 64" in j["shell"]
                for j in jobs if j["rule"] in ("finetune", "prune", "retrain"))
