@@ -5,6 +5,8 @@
 #   benchmarks/mini_reproduction.sh --foreground # same, in this terminal
 #   SEEDS='[42,43,44,45,46]' benchmarks/mini_reproduction.sh   # 5 seeds (continues a 1-seed run)
 #   SEEDS='[43]' TASKS='[cola]' benchmarks/mini_reproduction.sh  # one task of one seed (< 150 min each)
+#   RUN_METHODS='[dense, platon, magnitude, svd, fwsvd, lpaf, lpaf-no-sa-svd, lpaf-no-mixed-rank]' ...
+#                                                # only these rows (CoLA's and SQuAD's committed seeds)
 #
 # Resumable: rerunning it continues where it stopped (Snakemake reruns only missing or incomplete
 # artifacts; an interrupted training job resumes from its last checkpoint). When the table is
@@ -21,6 +23,7 @@ DATA="$SHARED/data"
 CORES=${CORES:-2}
 SEEDS=${SEEDS:-}
 TASKS=${TASKS:-}
+RUN_METHODS=${RUN_METHODS:-}
 LOG=logs/mini_reproduction.log
 
 if [[ ! -f "$MODEL/config.json" || ! -d "$DATA/glue" ]]; then
@@ -48,10 +51,13 @@ extra=()
 [[ -n "$SEEDS" ]] && extra=("seeds=$SEEDS")
 # a subset of the tasks: the latency and rank-study task lists follow it (they must name run tasks)
 [[ -n "$TASKS" ]] && extra+=("tasks=$TASKS" "evaluate={tasks: $TASKS}" "rank_study={tasks: $TASKS}")
-echo "[$(date -u +%FT%TZ)] start: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores, CORES=$CORES, SEEDS=${SEEDS:-config}, TASKS=${TASKS:-config}"
+[[ -n "$RUN_METHODS" ]] && extra+=("run_methods=$RUN_METHODS")
+echo "[$(date -u +%FT%TZ)] start: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores, CORES=$CORES, SEEDS=${SEEDS:-config}, TASKS=${TASKS:-config}, RUN_METHODS=${RUN_METHODS:-config}"
 start=$(date +%s)
 snakemake --cores "$CORES" --configfile config/mini.yaml --rerun-incomplete --keep-going \
   --config model_path="$MODEL" data_dir="$DATA" "${extra[@]}"
 end=$(date +%s)
 echo "[$(date -u +%FT%TZ)] snakemake finished in $((end - start)) s"
-python3 benchmarks/mini_summary.py --snakemake-wall-s "$((end - start))" --cores "$CORES"
+cmd="snakemake --cores $CORES --configfile config/mini.yaml --rerun-incomplete --keep-going --config model_path=$MODEL data_dir=$DATA"
+for e in "${extra[@]}"; do cmd+=" '$e'"; done
+python3 benchmarks/mini_summary.py --snakemake-wall-s "$((end - start))" --cores "$CORES" --command "$cmd"

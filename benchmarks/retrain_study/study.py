@@ -169,8 +169,9 @@ def main() -> None:
                                         "factorizing --pruned here")
     p.add_argument("--pruned", help="an lpaf prune artifact (the model to factorize); needed unless --summary")
     p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--factorizer", default="svd", choices=["svd", "sparsity-aware"],
-                   help="lpaf factorize --method (sparsity-aware with the stage's default λ)")
+    p.add_argument("--factorizer", default="svd", choices=["svd", "sparsity-aware", "fisher-sparsity-aware"],
+                   help="lpaf factorize --method (sparsity-aware with --pruned-weight as λ; "
+                        "fisher-sparsity-aware: the `lpaf + fisher` row's, Fisher per output row)")
     p.add_argument("--pruned-weight", type=float, default=0.1, help="λ of sparsity-aware SVD")
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--max-train-samples", type=int, default=4000, help="0: the whole training set")
