@@ -8,8 +8,9 @@ config file, its digest and the commit), and this script rebuilds `table.csv`, `
 `runs.csv`, `rank_study.csv` and the figures of `benchmarks/results/mini/` from all of them, then
 the claims (`mini_claims.py`). The GLUE tasks come from config/mini.yaml and SQuAD from
 config/mini_qa.yaml (not the official split: see that file), so the check is per task: every seed of
-one task must come from the same config values (the digest ignores comments); seeds from different
-commits are allowed and listed in `aggregate_info.json`.
+one task must come from the same config values (the digest ignores comments), and every seed of one
+row must have run the same stage settings (the hashed `chain`, which also sees `--config`
+overrides); seeds from different commits are allowed and listed in `aggregate_info.json`.
 
     python benchmarks/mini_aggregate.py            # after adding a run with mini_summary.py
 """
@@ -65,10 +66,29 @@ def load_seed_runs(out: Path):
             raise SystemExit(f"mini_aggregate: {first} and {other} were run with different config files "
                              f"(digest {digests[first]} vs {digests[other]}); rerun one of them or move it aside")
     runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
+    check_row_recipes(runs)
     ranks = [pd.read_csv(d / "rank_study.csv") for d in dirs if (d / "rank_study.csv").is_file()]
     ranks = [r for r in ranks if not r.empty]
     ranks = pd.concat(ranks, ignore_index=True) if ranks else None
     return runs, ranks, infos
+
+
+def check_row_recipes(runs) -> None:
+    """Every seed of one row (task, method, density) must have run the same chain of stage settings.
+
+    The `chain` column names each stage by a hash of its resolved flags (workflow/rules/plan.smk), so
+    this catches what the config digest cannot: a `--config` override that changed one stage for one
+    seed only (a longer schedule, another lambda), which would silently average two recipes."""
+    if "chain" not in runs:
+        return
+    for (task, method, density), group in runs.groupby(["task", "method", "density"], sort=False):
+        chains = dict(zip(group["seed"], group["chain"]))
+        if len(set(chains.values())) > 1:
+            (s1, c1), (s2, c2) = next(iter(chains.items())), next((s, c) for s, c in chains.items()
+                                                                  if c != next(iter(chains.values())))
+            raise SystemExit(f"mini_aggregate: row {task} {method} at density {density:g} ran different stage "
+                             f"settings in seed {s1} ({c1}) and seed {s2} ({c2}); rerun one of them with the "
+                             "other's settings or move it aside")
 
 
 def _restore_run_columns(runs):

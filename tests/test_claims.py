@@ -155,6 +155,17 @@ def test_committed_seeds_aggregate_into_one_table(tmp_path):
     (tmp_path / "seeds" / "s43" / "sst2" / "run_info.json").write_text(json.dumps({"config_digest": "other"}))
     with pytest.raises(SystemExit, match="s42/sst2 and s43/sst2 were run with different config files"):
         mod.aggregate(tmp_path, figures=False)
+    (tmp_path / "seeds" / "s43" / "sst2" / "run_info.json").write_text(json.dumps({"config_digest": "abc"}))
+    # same config file, but seed 43's lpaf row re-trained with other settings (a --config override)
+    csv = tmp_path / "seeds" / "s43" / "sst2" / "runs.csv"
+    runs = pd.read_csv(csv)
+    lpaf = runs["method"] == "lpaf"
+    runs.loc[lpaf, "chain"] = runs.loc[lpaf, "chain"].str.replace(r"retrain-mixed-rank-[0-9a-f]+", "retrain-mixed-rank-0ther0",
+                                                                  regex=True)
+    assert (runs.loc[lpaf, "chain"].str.contains("0ther0")).all()
+    runs.to_csv(csv, index=False)
+    with pytest.raises(SystemExit, match=r"row sst2 lpaf at density 0\.\d+ ran different stage settings in seed 42"):
+        mod.aggregate(tmp_path, figures=False)
 
 
 def test_config_digest_ignores_comments_not_values(tmp_path):
