@@ -175,3 +175,27 @@ def test_config_digest_ignores_comments_not_values(tmp_path):
     b.write_text("tasks: [sst2]   # a new comment\n\nseeds: [42]\n")
     c.write_text("tasks: [sst2, cola]\nseeds: [42]\n")
     assert mod.config_digest(a) == mod.config_digest(b) != mod.config_digest(c)
+
+
+def test_retrain_study_pairs_runs_across_results_files(tmp_path, monkeypatch, capsys):
+    """benchmarks/retrain_study/study.py --paired: A - B over the seeds both ran, with the claims'
+    95% t verdict (lpaf + fisher vs lpaf is read this way)."""
+    spec = importlib.util.spec_from_file_location("retrain_study", ROOT / "benchmarks" / "retrain_study" / "study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "results_path", lambda tag: tmp_path / f"results_{tag}.json")
+
+    def write(tag, variant, accs):
+        runs = {f"{variant}/s{s}": {"variant": variant, "seed": s, "accuracy": a} for s, a in accs.items()}
+        (tmp_path / f"results_{tag}.json").write_text(json.dumps({"runs": runs}))
+
+    write("a", "mixed-matched-e1", {1: 0.81, 2: 0.82, 3: 0.80, 4: 0.70})
+    write("b", "mixed-matched-e1", {1: 0.79, 2: 0.80, 3: 0.785})  # seed 4 unpaired: left out
+    mod.print_paired("a:mixed-matched-e1", "b:mixed-matched-e1")
+    row = capsys.readouterr().out
+    assert "| 3 | 81.0 | 79.2 | +1.8 ± 0.3 |" in row and "3/3 | a ahead |" in row
+    write("b", "mixed-matched-e1", {1: 0.82, 2: 0.80, 3: 0.80})
+    mod.print_paired("a:mixed-matched-e1", "b:mixed-matched-e1")
+    assert "within noise" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no plain-e1 runs"):
+        mod.print_paired("a:plain-e1", "b:mixed-matched-e1")

@@ -169,9 +169,10 @@ def main() -> None:
                                         "factorizing --pruned here")
     p.add_argument("--pruned", help="an lpaf prune artifact (the model to factorize); needed unless --summary")
     p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--factorizer", default="svd", choices=["svd", "sparsity-aware", "fisher-sparsity-aware"],
+    p.add_argument("--factorizer", default="svd", choices=["svd", "fwsvd", "sparsity-aware", "fisher-sparsity-aware"],
                    help="lpaf factorize --method (sparsity-aware with --pruned-weight as λ; "
-                        "fisher-sparsity-aware: the `lpaf + fisher` row's, Fisher per output row)")
+                        "fisher-sparsity-aware: the `lpaf + fisher` row's, Fisher per output row; "
+                        "svd / fwsvd of a dense --pruned model: the C3 baselines)")
     p.add_argument("--pruned-weight", type=float, default=0.1, help="λ of sparsity-aware SVD")
     p.add_argument("--data", default=str(SHARED / "data"))
     p.add_argument("--max-train-samples", type=int, default=4000, help="0: the whole training set")
@@ -187,11 +188,21 @@ def main() -> None:
     p.add_argument("--merge", metavar="OTHER_TAG",
                    help="copy the runs of results_<OTHER_TAG>.json (same factorized model, other seeds, run "
                         "in parallel) into results_<tag>.json, then summarize")
+    p.add_argument("--paired", nargs=2, action="append", metavar=("A", "B"),
+                   help="print the paired difference A - B of two TAG:VARIANT runs over their common seeds "
+                        "(repeatable), e.g. fisher-sst2-mov3000-d0.1:mixed-matched-e1 "
+                        "fair-sst2-mov3000-d0.1:mixed-matched-e1")
     p.add_argument("--table", action="store_true",
                    help="print a markdown table of every results_*.json here (paired comparisons to plain)")
     args = p.parse_args()
-    if args.table:
-        print_table()
+    if args.table or args.paired:
+        if args.table:
+            print_table()
+        if args.paired:
+            print("| a | b | seeds | a | b | a − b (points) | 95% half-width | a wins | verdict |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for a, b in args.paired:
+                print_paired(a, b)
         return
     if args.tag is None:
         p.error("--tag is required (unless --table)")
@@ -269,6 +280,35 @@ def print_table() -> None:
                   f"| {100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} "
                   f"| {100 * row['diff_vs_plain_mean']:+.1f} ± {100 * row['diff_vs_plain_std']:.1f} "
                   f"| {row['wins_vs_plain']}/{row['paired_n']} |")
+
+
+def print_paired(a: str, b: str) -> None:
+    """Paired comparison across results files: `TAG:VARIANT` a minus b over the seeds both ran (e.g.
+    lpaf + fisher vs lpaf, both mixed-matched-e1), in points, with the 95% t half-width of
+    benchmarks/mini_claims.py: 'within noise' when |mean| is not larger."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from mini_claims import paired
+
+    def runs(spec: str) -> dict[int, float]:
+        tag, _, variant = spec.partition(":")
+        if not variant:
+            raise SystemExit(f"--paired expects TAG:VARIANT, got {spec!r}")
+        found = {r["seed"]: r["accuracy"] for r in load_results(tag)["runs"].values() if r["variant"] == variant}
+        if not found:
+            raise SystemExit(f"--paired: no {variant} runs in {results_path(tag)}")
+        return found
+
+    ra, rb = runs(a), runs(b)
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+        raise SystemExit(f"--paired: {a} and {b} share no seed")
+    diffs = [100 * (ra[s] - rb[s]) for s in seeds]
+    mean, std, half = paired(diffs)
+    verdict = "1 seed: no verdict" if half is None else ("within noise" if abs(mean) <= half
+                                                         else ("a ahead" if mean > 0 else "b ahead"))
+    print(f"| {a} | {b} | {len(seeds)} | {100 * statistics.mean(ra[s] for s in seeds):.1f} "
+          f"| {100 * statistics.mean(rb[s] for s in seeds):.1f} | {mean:+.1f} ± {0.0 if std is None else std:.1f} "
+          f"| {'–' if half is None else f'{half:.1f}'} | {sum(d > 0 for d in diffs)}/{len(diffs)} | {verdict} |")
 
 
 def summarize_quietly(tag: str) -> dict:
