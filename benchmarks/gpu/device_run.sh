@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+gunzip -kf .gpu/data/glue/SST-2/train.tsv.gz || exit 3
 nvidia-smi -L; nproc
 python3 -c "import torch, transformers, datasets, evaluate, lpaf; print(torch.__version__, transformers.__version__, datasets.__version__, torch.cuda.get_device_name())" || exit 4
 ( python3 benchmarks/gpu/random_bert_base.py --tokenizer .gpu/minilm --out /tmp/bert-base \

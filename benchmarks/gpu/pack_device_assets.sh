@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine without internet needs to run benchmarks/gpu/device_run.sh into .gpu/
 # (git-ignored; about 62 MiB): the shared MiniLM with fp16 weights on disk (lpaf loads every
-# checkpoint as fp32), the GLUE files the studies read (SST-2's first 20,000 training sentences,
-# CoLA, MRPC), and wheels of the Python packages the GPU image lacks (datasets, evaluate and their
+# checkpoint as fp32), the GLUE files the studies read (SST-2, its training set gzipped: the
+# movement masks are learned over all of it; CoLA, MRPC), and wheels of the Python packages the GPU image lacks (datasets, evaluate and their
 # helpers, and transformers / huggingface_hub at the versions this repository is tested with).
 #
 #   benchmarks/gpu/pack_device_assets.sh          # then: run `bash benchmarks/gpu/device_run.sh` there, carrying .gpu
@@ -22,7 +22,7 @@ PY
 cp -r "$SHARED/data/glue/CoLA" "$SHARED/data/glue/MRPC" .gpu/data/glue/
 rm -rf .gpu/data/glue/CoLA/cola_public_1.0/tokenized .gpu/data/glue/MRPC/{test.tsv,msr_paraphrase_test.txt,msr_paraphrase_train.txt,*.htm}
 mkdir -p .gpu/data/glue/SST-2 && cp "$SHARED/data/glue/SST-2/dev.tsv" .gpu/data/glue/SST-2/
-head -n 20001 "$SHARED/data/glue/SST-2/train.tsv" > .gpu/data/glue/SST-2/train.tsv
+gzip -9 -c "$SHARED/data/glue/SST-2/train.tsv" > .gpu/data/glue/SST-2/train.tsv.gz   # device_run.sh unpacks it
 versions=$($PY -m pip freeze | grep -iE "^(datasets|dill|multiprocess|evaluate|httpx2|httpcore2|transformers|huggingface.hub)==")
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
