@@ -40,6 +40,12 @@ RUN_ID_KEYS = ["model", "task", "method", "label", "density", "seed"]
 MEAN_ONLY = ["retained_percent", "retained_percent_stored", "params_total", "params_total_nonzero",
              "params_encoder_linear_nonzero", "latency_ms", "dense_latency_ms", "magnitude_overlap"]
 FIGURE_DPI = 150
+# A run's recipe: every resolved argument of every stage along its chain (metrics.json `args`,
+# defaults included), except what names files, the seed, and what does not change what is trained.
+RECIPE_IGNORED_ARGS = frozenset({
+    "model", "out", "data", "teacher", "seed", "device", "tf32", "cache_dir", "logging_dir", "logging_steps",
+    "save_steps", "save_total_limit", "eval_batch_size", "preprocessing_num_workers", "dataloader_num_workers",
+    "report_to"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +116,7 @@ def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | No
     # a collapsed model (one class for every dev example) is a failed run, not a score
     record["degenerate"] = bool((blob.get("predictions") or {}).get("degenerate", False))
     record["metric_keys"] = list(blob["metrics"])
+    record["recipe_args"] = recipe_args(row["metrics"])
     for key, value in blob["metrics"].items():
         record[f"dev_{key}"] = _number(value)
     best = best_dev_evaluation(blob)
@@ -128,6 +135,45 @@ def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | No
     record["speedup"] = record["dense_latency_ms"] / record["latency_ms"] if record["latency_ms"] > 0 else math.nan
     record["speedup_measured"] = not math.isnan(record["speedup"])
     return record
+
+
+def recipe_args(metrics_path: str | Path) -> dict[str, Any]:
+    """The resolved arguments of a run's stage and of every ancestor stage (the nested artifact
+    layout: each directory above holding a stage metrics.json), keyed `stage.arg`. Stage defaults are
+    in `args`, so a run made before a default changed differs from one made after, where the
+    artifact's path (hashed from the configured flags only) does not."""
+    out: dict[str, Any] = {}
+    path = Path(metrics_path)
+    while path.is_file():
+        blob = _read_json(path)
+        if not isinstance(blob.get("args"), dict) or not blob.get("stage"):
+            break
+        for key, value in blob["args"].items():
+            if key not in RECIPE_IGNORED_ARGS:
+                out.setdefault(f"{blob['stage']}.{key}", value)
+        path = path.parent.parent / "metrics.json"
+    return out
+
+
+def check_recipes(runs) -> None:
+    """Every seed of one table row must have been built with the same settings: a difference in any
+    stage argument both seeds recorded is an error naming the row, the setting and both values.
+    (Arguments only one seed recorded are new switches of a later version: not compared.)"""
+    if "recipe_args" not in runs:
+        return
+    for key, g in runs.groupby(GROUP_KEYS, sort=False, dropna=False):
+        recipes = [(seed, r) for seed, r in zip(g["seed"], g["recipe_args"]) if isinstance(r, dict) and r]
+        if len(recipes) < 2:
+            continue
+        (seed0, first), rest = recipes[0], recipes[1:]
+        for seed, other in rest:
+            for arg in sorted(set(first) & set(other)):
+                if first[arg] != other[arg]:
+                    row = dict(zip(GROUP_KEYS, key))
+                    raise LpafError(
+                        f"report: the {row['task']} {row['method']} row at density {row['density']:g} mixes settings "
+                        f"across seeds: {arg} is {first[arg]!r} in seed {seed0} and {other[arg]!r} in seed {seed}; "
+                        "rebuild the older seed's artifacts (delete them and rerun) so every seed follows one recipe")
 
 
 def best_dev_evaluation(blob: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +201,7 @@ def load_runs(rows: Sequence[dict[str, Any]]):
     timing_cache: dict[str, dict[str, Any]] = {}
     records = [run_record(r, timing_cache) for r in rows]
     runs = pd.DataFrame.from_records(records)
+    check_recipes(runs)
     runs = _fill_unmeasured_speedup(runs)
     return runs
 
@@ -375,7 +422,7 @@ def write_table(rows: Sequence[dict[str, Any]], csv_path: str | Path, md_path: s
 
         _atomic_write_text(tex_path, latex_table(table) + "\n" + latex_table(table, score="best"))
     if runs_path is not None:
-        _write_csv(runs.drop(columns=["metric_keys"]), runs_path)
+        _write_csv(runs.drop(columns=["metric_keys", "recipe_args"], errors="ignore"), runs_path)
     if rank_path is not None:
         _write_csv(load_rank_rows(rank_rows), rank_path)
     return table

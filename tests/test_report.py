@@ -319,3 +319,41 @@ def test_speedup_and_device_come_from_the_one_timing_job(runs_dir, tmp_path):
     rows[0]["timing_model"] = "/not/timed"
     with pytest.raises(LpafError, match="did not time /not/timed"):
         load_runs(rows)
+
+
+def test_seeds_built_with_different_stage_settings_are_refused(tmp_path):
+    """A row whose seeds were built with different resolved stage arguments (here a re-training
+    default that changed between versions: the artifact path, hashed from the configured flags, is
+    the same) is an error naming the row, the setting and both values; arguments only one seed
+    recorded (a newer switch), file paths, the seed and the device are not compared."""
+    rows = []
+    for seed, retrain_args in ((1, {"factor_budget": "matched", "max_steps": 195, "new_switch": 1}),
+                               (2, {"factor_budget": "steps", "max_steps": 125})):
+        base = tmp_path / f"s{seed}" / "dense-abc"
+        prune = base / "prune-platon-def-d0.25"
+        fact = prune / "fact-sa-svd-123-d0.25"
+        retrain = fact / "retrain-mixed-rank-456"
+        for d, stage, args in ((base, "finetune", {"lr": 5e-5}), (prune, "prune", {"method": "platon"}),
+                               (fact, "factorize", {"pruned_weight": 0.5}), (retrain, "retrain", retrain_args)):
+            blob = _metrics("sst2", {"accuracy": 0.8}, 25.0, 4000, "accuracy", stage)
+            blob["args"] = {**args, "seed": seed, "out": str(d), "model": str(d.parent), "device": f"cuda:{seed}"}
+            _write(d / "metrics.json", blob)
+        rows.append({"model": "m", "task": "sst2", "method": "lpaf", "label": "lpaf", "density": 0.25, "seed": seed,
+                     "dense": False, "chain": "dense-abc/prune-platon-def-d0.25/fact-sa-svd-123-d0.25/retrain-mixed-rank-456",
+                     "metrics": str(retrain / "metrics.json"), "eval": None, "dense_eval": None})
+    with pytest.raises(LpafError, match=r"sst2 lpaf row at density 0.25 mixes settings across seeds: "
+                                        r"retrain.factor_budget is 'matched' in seed 1 and 'steps' in seed 2"):
+        load_runs(rows)
+    # the same recipe (paths, seeds and devices differ; seed 1 has one more recorded switch): accepted
+    blob = json.loads(Path(rows[1]["metrics"]).read_text())
+    blob["args"].update(factor_budget="matched", max_steps=195)
+    Path(rows[1]["metrics"]).write_text(json.dumps(blob))
+    runs = load_runs(rows)
+    assert aggregate(runs)["n_seeds"].tolist() == [2]
+    # an ancestor's setting counts too
+    prune_metrics = Path(rows[1]["metrics"]).parent.parent.parent / "metrics.json"
+    blob = json.loads(prune_metrics.read_text())
+    blob["args"]["method"] = "movement"
+    prune_metrics.write_text(json.dumps(blob))
+    with pytest.raises(LpafError, match="prune.method is 'platon' in seed 1 and 'movement' in seed 2"):
+        load_runs(rows)
