@@ -82,10 +82,10 @@ def check_row_recipes(runs) -> None:
     if "chain" not in runs:
         return
     for (task, method, density), group in runs.groupby(["task", "method", "density"], sort=False):
-        chains = dict(zip(group["seed"], group["chain"]))
-        if len(set(chains.values())) > 1:
-            (s1, c1), (s2, c2) = next(iter(chains.items())), next((s, c) for s, c in chains.items()
-                                                                  if c != next(iter(chains.values())))
+        (s1, c1), *others = zip(group["seed"], group["chain"])
+        differing = [(s, c) for s, c in others if c != c1]
+        if differing:
+            s2, c2 = differing[0]
             raise SystemExit(f"mini_aggregate: row {task} {method} at density {density:g} ran different stage "
                              f"settings in seed {s1} ({c1}) and seed {s2} ({c2}); rerun one of them with the "
                              "other's settings or move it aside")
