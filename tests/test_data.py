@@ -139,7 +139,14 @@ def test_quoting_off_and_bom(tmp_path):
 
 
 def test_hub_unreachable_gives_fetch_advice(monkeypatch):
+    """Offline mode (what the workflow sets on compute nodes). `datasets` and `huggingface_hub` read
+    HF_HUB_OFFLINE at import, so the env var alone would leave this a 23 s run of connection retries."""
+    import datasets
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(LpafError, match="lpaf fetch-data --task rte --out DIR"):
         load_raw(get_task("rte"), None, ["train"])
 

@@ -15,10 +15,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -35,8 +37,7 @@ SHARED = REPO.parent / "shared"
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = CONFIGS["smoke"], env: dict | None = None,
-              timeout: int = 300) -> subprocess.CompletedProcess:
+def _snakemake_cmd(workdir: Path, args: tuple[str, ...], configfile: Path | None, env: dict | None):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
@@ -44,7 +45,35 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = CONFIGS["smok
     env = dict(env or os.environ)
     # the rules call `lpaf`: make the console script of this interpreter's environment findable
     env["PATH"] = os.pathsep.join([env.get("PATH", ""), str(Path(sys.executable).parent)])
+    return cmd, env
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = CONFIGS["smoke"], env: dict | None = None,
+              timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd, env = _snakemake_cmd(workdir, args, configfile, env)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def snakemake_until(done, workdir: Path, *args: str, configfile: Path | None = CONFIGS["smoke"],
+                    env: dict | None = None, timeout: float = 120) -> bool:
+    """Start snakemake, stop it (its whole process group) as soon as `done()` is true: for runs that never
+    finish on their own (a fake sbatch). Returns whether `done()` became true within `timeout` seconds."""
+    cmd, env = _snakemake_cmd(workdir, args, configfile, env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not done() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        return bool(done())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -671,7 +700,6 @@ def local_slurm(tmp_path_factory):
     strips SLURM_* variables before its inner `srun`, which then finds only the default path.
     """
     import socket
-    import time
 
     missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
     if missing:
@@ -845,9 +873,10 @@ def test_slurm_gpu_jobs_pass_gpus_model_partition_and_qos_to_sbatch(local_slurm,
                        cluster={"gpu": {"partition": "lpafgpu", "qos": "high", "gpu_model": "a100"},
                                 "cpu": {"partition": "lpafcpu"}})
     env = dict(local_slurm, PATH=f"{bin_dir}{os.pathsep}{local_slurm['PATH']}")
-    with pytest.raises(subprocess.TimeoutExpired):  # the fake job never finishes: stop once it is submitted
-        snakemake(tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
-                  "--slurm-status-command", "squeue", configfile=cfg, env=env, timeout=60)
+    # the fake job never finishes: stop snakemake once it is submitted
+    assert snakemake_until(lambda: calls.exists() and "rule_finetune" in calls.read_text(),
+                           tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
+                           "--slurm-status-command", "squeue", configfile=cfg, env=env, timeout=120)
     submitted = calls.read_text()
     assert "rule_finetune" in submitted, submitted
     assert "-p lpafgpu" in submitted and "--qos=high" in submitted and "--cpus-per-task=2" in submitted
