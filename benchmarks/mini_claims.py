@@ -5,7 +5,8 @@ benchmarks/results/mini/) and writes ``claims.md`` and ``claims.json`` beside th
 comparison of two rows is made seed by seed (both rows of a seed share the teacher, and the data
 order), so each claim gets the paired differences, their mean ± sample std and a verdict from
 their spread: a difference is "holds" / "does not hold" only when |mean| exceeds the two-sided 95%
-Student-t half-width t·std/√n of the paired differences, else "within noise". With one seed there
+Student-t half-width t·std/√n of the paired differences, else "within noise" (for the margin claim
+"lpaf within 2 points of dense": "inconclusive", the interval contains the margin). With one seed there
 is no spread and the verdict says so ("1 seed: no verdict"). A run whose dev predictions are
 degenerate (one class for ≥ 99% of the dev set: ``degenerate`` in runs.csv, or, for runs written
 before that flag, exactly the majority-class accuracy) is a failed run, not a score: its seed is
@@ -59,14 +60,16 @@ def paired(diffs: list[float]) -> tuple[float, float | None, float | None]:
     return mean, std, T_975.get(len(diffs) - 1, 1.96) * std / math.sqrt(len(diffs))
 
 
-def verdict(diffs: list[float], better: str, worse: str) -> str:
+def verdict(diffs: list[float], better: str, worse: str, tie: str = "within noise") -> str:
+    """`better` / `worse` when the paired mean is beyond its 95% half-width, else `tie`. For a margin claim
+    (diffs shifted by the margin) a tie means the interval contains the margin: inconclusive, not "holds"."""
     if not diffs:
         return "no paired runs"
     mean, _, half_width = paired(diffs)
     if half_width is None:
         return f"{len(diffs)} seed: no verdict"
     if abs(mean) <= half_width:
-        return "within noise"
+        return tie
     return better if mean > 0 else worse
 
 
@@ -122,7 +125,8 @@ def main() -> int:
              "the claims marked (EM), exact match) as percentages (SQuAD rows: config/mini_qa.yaml, trained and "
              "scored on a split of the official dev set by article, not the official split). Rows: mean ± sample std over seeds. "
              "Difference: mean ± std of the paired per-seed differences; a verdict needs |mean| above the 95% "
-             "t half-width of those differences (else \"within noise\"); one seed gives no verdict. Seeds whose "
+             "t half-width of those differences (else \"within noise\"; for \"within 2 points of dense\": "
+             "\"inconclusive\", the interval contains −2); one seed gives no verdict. Seeds whose "
              "run predicted one class for ≥ 99% of the dev set are failed runs and left out of the pairs.", "",
              "| claim | task | density | numbers | paired difference | n | verdict |",
              "|---|---|---|---|---|---|---|"]
@@ -174,7 +178,8 @@ def main() -> int:
                 if a and b:
                     within = [x + 2.0 for x in diffs]  # lpaf − (dense − 2 points) > 0 <=> within 2 points
                     add("lpaf within 2 points of dense" + tag, task, densities[0], f"{fmt(a)} vs dense {fmt(b)}",
-                        diffs, verdict(within, "holds", "does not hold"))
+                        diffs, verdict(within, "holds", "does not hold",
+                                       tie="inconclusive (the 95% interval contains −2 points)"))
             if len(densities) >= 2:
                 hi, lo = densities[0], densities[-1]
                 gap = {}

@@ -100,6 +100,19 @@ def test_gap_with_compression_leaves_out_failed_baselines(tmp_path, monkeypatch)
     assert gap["paired_differences_points"] == pytest.approx([-2.0])
 
 
+def test_a_margin_claim_inside_its_noise_is_inconclusive_not_within_noise(tmp_path, monkeypatch):
+    """"lpaf within 2 points of dense" with a wide paired spread: the interval of lpaf − dense contains −2,
+    so the data say neither holds nor does not hold (a bare "within noise" would read as "holds")."""
+    mod = _claims_module()
+    _write_runs(tmp_path, {("dense", 1.0): [0.90, 0.90, 0.90], ("lpaf", 0.25): [0.70, 0.95, 0.80],
+                           ("svd", 0.25): [0.70, 0.70, 0.70]})
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    v = _verdicts(tmp_path)["lpaf within 2 points of dense"]
+    assert v["mean_points"] == pytest.approx(-8.33, abs=0.01)  # paired differences -20, +5, -10
+    assert v["verdict"].startswith("inconclusive")
+
+
 def test_one_seed_gives_no_verdict(tmp_path, monkeypatch):
     mod = _claims_module()
     _write_runs(tmp_path, {("lpaf", 0.25): [0.80], ("svd", 0.25): [0.70]})
