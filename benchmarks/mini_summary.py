@@ -1,7 +1,8 @@
 """Collect a finished mini reproduction run into benchmarks/results/mini/, one (seed, task) at a time.
 
 For every seed and task of the workflow's results/runs.csv it writes `seeds/s<seed>/<task>/`
-(that run's rows, rank-study rows and `run_info.json`: command, config file and digest, commit,
+(that run's rows, rank-study rows, `after_factorization.csv`: the dev scores each factorized model
+starts re-training from, and `run_info.json`: command, config file and digest, commit,
 machine, and the wall time per stage summed from the run's artifacts' `metrics.json` / `eval.json` /
 `rank.json`, so a run continued across several invocations is still accounted for). Then
 benchmarks/mini_aggregate.py rebuilds the table and figures from *every committed run* and the
@@ -10,6 +11,7 @@ a resumed run. The QA reproduction (config/mini_qa.yaml) is collected the same w
 
     python benchmarks/mini_summary.py --config config/mini_qa.yaml --snakemake-wall-s 5400
     python benchmarks/mini_summary.py --workdir /path/to/other/checkout   # a run made elsewhere
+    python benchmarks/mini_summary.py --workdir DIR --factorized-only     # add after_factorization.csv
 """
 
 from __future__ import annotations
@@ -60,6 +62,36 @@ def wall_times(results: Path, seed: int | str = "*", task: str = "*") -> dict[st
     }
 
 
+def after_factorization(results: Path, seed: int | str, task: str) -> list[dict]:
+    """Dev scores right after factorization (before re-training), one row per factorize artifact: the
+    start each re-training row begins from (C3/C4 are also claims about this point). Read from the
+    artifacts' metrics.json, which the table does not carry."""
+    rows = []
+    for path in sorted(results.glob(f"*/{task}/s{seed}/**/fact-*/metrics.json")):
+        if ".partial-" in str(path) or path.parent.name.startswith("retrain-"):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(record, dict) or record.get("stage") != "factorize":
+            continue
+        source = path.parent.parent.name  # dense-<hash> (the teacher) or prune-<method>-<hash>-d<density>
+        overlap = record.get("magnitude_overlap") or {}
+        row = {"task": task, "seed": int(seed),
+               "source": "dense" if source.startswith("dense-") else source.split("-")[1],
+               "factorize": path.parent.name[len("fact-"):].rsplit("-", 2)[0], "method": record.get("method"),
+               "density": record.get("density"), "headline_metric": record.get("headline_metric"),
+               "headline": record.get("headline"),
+               "degenerate": (record.get("predictions") or {}).get("degenerate"),
+               "retained_percent": record.get("retained_percent"),
+               "magnitude_overlap": overlap.get("mean") if isinstance(overlap, dict) else None,
+               "solver_wall_time_s": record.get("solver_wall_time_s"), "artifact": str(path.parent.relative_to(results))}
+        row.update({f"dev_{k}": v for k, v in (record.get("metrics") or {}).items()})
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snakemake-wall-s", type=float, default=None,
@@ -72,9 +104,24 @@ def main() -> int:
     parser.add_argument("--out", default=str(OUT), help="where the runs are committed (default: %(default)s)")
     parser.add_argument("--command", default=None,
                         help="the exact command that ran, overrides included (default: the config's usual one)")
+    parser.add_argument("--factorized-only", action="store_true",
+                        help="only (re)write after_factorization.csv of the committed runs the workdir's results hold "
+                             "(runs committed before that file existed); nothing else is touched")
     args = parser.parse_args()
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     results, config = workdir / "results", workdir / args.config
+    if args.factorized_only:
+        import pandas as pd
+
+        written = []
+        for committed in sorted((out / "seeds").glob("s*/*/run_info.json")):
+            seed, task = committed.parent.parent.name[1:], committed.parent.name
+            rows = after_factorization(results, seed, task)
+            if rows:
+                pd.DataFrame(rows).to_csv(committed.parent / "after_factorization.csv", index=False, float_format="%.6g")
+                written.append(f"s{seed}/{task}")
+        print(f"mini_summary: after_factorization.csv for {', '.join(written) or 'no committed run'}")
+        return 0
     if not config.is_file():
         print(f"mini_summary: --config {args.config}: no such file under {workdir}", file=sys.stderr)
         return 2
@@ -101,6 +148,9 @@ def main() -> int:
         rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
         ranks[(ranks["seed"] == seed) & (ranks["task"] == task)].to_csv(
             d / "rank_study.csv", index=False, float_format="%.6g")
+        factorized = after_factorization(results, int(seed), str(task))
+        if factorized:
+            pd.DataFrame(factorized).to_csv(d / "after_factorization.csv", index=False, float_format="%.6g")
         info_path = d / "run_info.json"
         previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
         invocations = previous.get("snakemake_invocations_wall_s", []) if previous.get("commit") == commit else []

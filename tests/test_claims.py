@@ -212,3 +212,31 @@ def test_retrain_study_pairs_runs_across_results_files(tmp_path, monkeypatch, ca
     assert "within noise" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no plain-e1 runs"):
         mod.print_paired("a:plain-e1", "b:mixed-matched-e1")
+
+
+def test_summary_records_the_scores_right_after_factorization(tmp_path):
+    """mini_summary's after_factorization.csv rows: one per factorize artifact of the (seed, task), named by
+    its source (teacher or pruning method) and factorizer; re-trained children and partial dirs are not rows."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("mini_summary", ROOT / "benchmarks" / "mini_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    teacher = tmp_path / "m" / "sst2" / "s43" / "dense-abc123"
+
+    def write(d: Path, **record):
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(record))
+
+    write(teacher / "fact-fwsvd-1a2b3c-d0.25", stage="factorize", method="fwsvd", density=0.25,
+          headline_metric="accuracy", headline=0.8, metrics={"accuracy": 0.8}, predictions={"degenerate": False})
+    pruned = teacher / "prune-platon-ee07c3-d0.25"
+    write(pruned / "fact-sa-svd-68a8f6-d0.25", stage="factorize", method="sparsity-aware", density=0.25,
+          headline_metric="accuracy", headline=0.5, metrics={"accuracy": 0.5}, predictions={"degenerate": True},
+          magnitude_overlap={"mean": 0.57})
+    write(pruned / "fact-sa-svd-68a8f6-d0.25" / "retrain-plain-4a0887", stage="retrain", headline=0.7)
+    write(pruned / "fact-svd-000000-d0.25.partial-1", stage="factorize", headline=0.1)
+    write(tmp_path / "m" / "sst2" / "s44" / "dense-abc123" / "fact-svd-000000-d0.25", stage="factorize", headline=0.2)
+    rows = {(r["source"], r["factorize"]): r for r in mod.after_factorization(tmp_path, 43, "sst2")}
+    assert set(rows) == {("dense", "fwsvd"), ("platon", "sa-svd")}
+    assert rows[("dense", "fwsvd")]["dev_accuracy"] == 0.8 and rows[("dense", "fwsvd")]["magnitude_overlap"] is None
+    assert rows[("platon", "sa-svd")]["degenerate"] is True and rows[("platon", "sa-svd")]["magnitude_overlap"] == 0.57
