@@ -124,6 +124,34 @@ def draw_figures(table, ranks, out: Path) -> list[str]:
     return drawn
 
 
+def after_factorization_section(out: Path) -> str:
+    """Every committed run's dev scores right after factorization (`after_factorization.csv`, before any
+    re-training), pooled into out/after_factorization.csv and summarised as a markdown section: the start
+    each re-trained row begins from, where C3/C4 are first visible."""
+    import pandas as pd
+
+    frames = [pd.read_csv(d / "after_factorization.csv") for d in run_dirs(out)
+              if (d / "after_factorization.csv").is_file()]
+    if not frames:
+        return ""
+    rows = pd.concat(frames, ignore_index=True).sort_values(["task", "density", "source", "factorize", "seed"])
+    rows.to_csv(out / "after_factorization.csv", index=False, float_format="%.6g")
+    lines = ["", "## Right after factorization (before re-training)", "",
+             "| task | density | source → factorizer | seeds | dev score | failed |", "|---|---|---|---|---|---|"]
+    for (task, density, source, factorize), g in rows.groupby(["task", "density", "source", "factorize"], sort=True):
+        scale = 1.0 if str(g["headline_metric"].iloc[0]) in ("f1", "exact_match") else 100.0
+        values = g["headline"].astype(float) * scale
+        spread = f" ± {values.std():.1f}" if len(values) > 1 else ""
+        failed = int((g["degenerate"].astype(str).str.lower() == "true").sum())
+        lines.append(f"| {task} | {density:g} | {source} → {factorize} | {len(g)} | {values.mean():.1f}{spread} | "
+                     f"{failed or ''} |")
+    lines += ["", "Dev score of each factorized model before re-training (GLUE ×100, SQuAD F1 in %), mean ± sample "
+              "std over the seeds committed with `after_factorization.csv`. source: the teacher (dense) or the "
+              "pruning method whose model was factorized. failed: seeds whose predictions were one class for "
+              "≥ 99% of the dev set.", ""]
+    return "\n".join(lines)
+
+
 def aggregate(out: Path = OUT, figures: bool = True) -> dict:
     from lpaf.report import aggregate as aggregate_runs
     from lpaf.report import markdown_tables
@@ -132,7 +160,7 @@ def aggregate(out: Path = OUT, figures: bool = True) -> dict:
     runs = _restore_run_columns(runs)
     table = aggregate_runs(runs)
     table.to_csv(out / "table.csv", index=False, float_format="%.6g")
-    (out / "table.md").write_text(markdown_tables(table), encoding="utf-8")
+    (out / "table.md").write_text(markdown_tables(table) + after_factorization_section(out), encoding="utf-8")
     runs.drop(columns=["metric_keys"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
     if ranks is not None:
         ranks.to_csv(out / "rank_study.csv", index=False, float_format="%.6g")

@@ -240,3 +240,19 @@ def test_summary_records_the_scores_right_after_factorization(tmp_path):
     assert set(rows) == {("dense", "fwsvd"), ("platon", "sa-svd")}
     assert rows[("dense", "fwsvd")]["dev_accuracy"] == 0.8 and rows[("dense", "fwsvd")]["magnitude_overlap"] is None
     assert rows[("platon", "sa-svd")]["degenerate"] is True and rows[("platon", "sa-svd")]["magnitude_overlap"] == 0.57
+
+
+def test_aggregate_pools_the_scores_after_factorization(tmp_path):
+    """table.md gains a 'right after factorization' section: mean ± std over the seeds that committed the
+    file, in points, with the seeds whose start predicted one class counted as failed."""
+    mod = _aggregate_module()
+    for seed, (score, degenerate) in {42: (0.60, False), 43: (0.50, True)}.items():
+        d = tmp_path / "seeds" / f"s{seed}" / "sst2"
+        d.mkdir(parents=True)
+        (d / "runs.csv").write_text("task\n")
+        (d / "after_factorization.csv").write_text(
+            "task,seed,source,factorize,method,density,headline_metric,headline,degenerate\n"
+            f"sst2,{seed},platon,sa-svd,sparsity-aware,0.25,accuracy,{score},{degenerate}\n")
+    section = mod.after_factorization_section(tmp_path)
+    assert "| sst2 | 0.25 | platon → sa-svd | 2 | 55.0 ± 7.1 | 1 |" in section
+    assert (tmp_path / "after_factorization.csv").read_text().count("sst2,") == 2
