@@ -100,6 +100,16 @@ def test_gap_with_compression_leaves_out_failed_baselines(tmp_path, monkeypatch)
     assert gap["paired_differences_points"] == pytest.approx([-2.0])
 
 
+def test_gap_claim_is_judged_against_the_paired_spread():
+    """lpaf behind at the lower density fails the claim only beyond the noise; one seed gives no verdict."""
+    mod = _claims_module()
+    assert mod.gap_verdict([-2.0], [-2.6]) == "1 seed: no verdict"
+    assert mod.gap_verdict([-2.0, -2.1, -1.9], [1.0, 1.0, 1.1]).startswith("does not hold")
+    assert mod.gap_verdict([-2.0, 3.0, -4.0], [1.0, 1.0, 1.1]).startswith("within noise")
+    assert mod.gap_verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "holds"
+    assert mod.gap_verdict([2.0, 2.1, 1.9], [-1.0, -1.1, -0.9]) == "does not hold"
+
+
 def test_a_margin_claim_inside_its_noise_is_inconclusive_not_within_noise(tmp_path, monkeypatch):
     """"lpaf within 2 points of dense" with a wide paired spread: the interval of lpaf − dense contains −2,
     so the data say neither holds nor does not hold (a bare "within noise" would read as "holds")."""
