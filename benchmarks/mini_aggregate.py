@@ -130,6 +130,8 @@ def after_factorization_section(out: Path) -> str:
     each re-trained row begins from, where C3/C4 are first visible."""
     import pandas as pd
 
+    from lpaf.report import _scale
+
     frames = [pd.read_csv(d / "after_factorization.csv") for d in run_dirs(out)
               if (d / "after_factorization.csv").is_file()]
     if not frames:
@@ -139,12 +141,11 @@ def after_factorization_section(out: Path) -> str:
     lines = ["", "## Right after factorization (before re-training)", "",
              "| task | density | source → factorizer | seeds | dev score | failed |", "|---|---|---|---|---|---|"]
     for (task, density, source, factorize), g in rows.groupby(["task", "density", "source", "factorize"], sort=True):
-        scale = 1.0 if str(g["headline_metric"].iloc[0]) in ("f1", "exact_match") else 100.0
-        values = g["headline"].astype(float) * scale
+        values = g["headline"].astype(float) * _scale(str(task))  # GLUE fractions x100, SQuAD already in %
         spread = f" ± {values.std():.1f}" if len(values) > 1 else ""
         failed = int((g["degenerate"].astype(str).str.lower() == "true").sum())
-        lines.append(f"| {task} | {density:g} | {source} → {factorize} | {len(g)} | {values.mean():.1f}{spread} | "
-                     f"{failed or ''} |")
+        lines.append(f"| {task} | {density:g} | {source} → {factorize} | {g['seed'].nunique()} | "
+                     f"{values.mean():.1f}{spread} | {failed or ''} |")
     lines += ["", "Dev score of each factorized model before re-training (GLUE ×100, SQuAD F1 in %), mean ± sample "
               "std over the seeds committed with `after_factorization.csv`. source: the teacher (dense) or the "
               "pruning method whose model was factorized. failed: seeds whose predictions were one class for "

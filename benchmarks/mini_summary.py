@@ -62,33 +62,38 @@ def wall_times(results: Path, seed: int | str = "*", task: str = "*") -> dict[st
     }
 
 
-def after_factorization(results: Path, seed: int | str, task: str) -> list[dict]:
-    """Dev scores right after factorization (before re-training), one row per factorize artifact: the
-    start each re-training row begins from (C3/C4 are also claims about this point). Read from the
-    artifacts' metrics.json, which the table does not carry."""
+def after_factorization(results: Path, seed: int | str, task: str, chains: set[str]) -> list[dict]:
+    """Dev scores right after factorization (before re-training), one row per factorize artifact on the
+    run's `chains` (runs.csv's chain column: only this run's artifacts, not leftovers of another config in
+    the same results/): the start each re-training row begins from (C3/C4 are also claims about this
+    point). Read from the artifacts' metrics.json, which the table does not carry."""
     rows = []
-    for path in sorted(results.glob(f"*/{task}/s{seed}/**/fact-*/metrics.json")):
-        if ".partial-" in str(path) or path.parent.name.startswith("retrain-"):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(record, dict) or record.get("stage") != "factorize":
-            continue
-        source = path.parent.parent.name  # dense-<hash> (the teacher) or prune-<method>-<hash>-d<density>
-        overlap = record.get("magnitude_overlap") or {}
-        row = {"task": task, "seed": int(seed),
-               "source": "dense" if source.startswith("dense-") else source.split("-")[1],
-               "factorize": path.parent.name[len("fact-"):].rsplit("-", 2)[0], "method": record.get("method"),
-               "density": record.get("density"), "headline_metric": record.get("headline_metric"),
-               "headline": record.get("headline"),
-               "degenerate": (record.get("predictions") or {}).get("degenerate"),
-               "retained_percent": record.get("retained_percent"),
-               "magnitude_overlap": overlap.get("mean") if isinstance(overlap, dict) else None,
-               "solver_wall_time_s": record.get("solver_wall_time_s"), "artifact": str(path.parent.relative_to(results))}
-        row.update({f"dev_{k}": v for k, v in (record.get("metrics") or {}).items()})
-        rows.append(row)
+    for root in sorted(results.glob(f"*/{task}/s{seed}")):
+        for path in sorted(root.glob("**/fact-*/metrics.json")):
+            rel = path.parent.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):  # partial or replaced artifacts
+                continue
+            if not any(chain == str(rel) or chain.startswith(f"{rel}/") for chain in chains):
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(record, dict) or record.get("stage") != "factorize":
+                continue
+            source = rel.parent.name  # dense-<hash> (the teacher) or prune-<method>-<hash>-d<density>
+            overlap = record.get("magnitude_overlap") or {}
+            row = {"task": task, "seed": int(seed),
+                   "source": "dense" if source.startswith("dense-") else source[len("prune-"):].rsplit("-", 2)[0],
+                   "factorize": rel.name[len("fact-"):].rsplit("-", 2)[0], "method": record.get("method"),
+                   "density": record.get("density"), "headline_metric": record.get("headline_metric"),
+                   "headline": record.get("headline"),
+                   "degenerate": (record.get("predictions") or {}).get("degenerate"),
+                   "retained_percent": record.get("retained_percent"),
+                   "magnitude_overlap": overlap.get("mean") if isinstance(overlap, dict) else None,
+                   "solver_wall_time_s": record.get("solver_wall_time_s"), "chain": str(rel)}
+            row.update({f"dev_{k}": v for k, v in (record.get("metrics") or {}).items()})
+            rows.append(row)
     return rows
 
 
@@ -116,7 +121,8 @@ def main() -> int:
         written = []
         for committed in sorted((out / "seeds").glob("s*/*/run_info.json")):
             seed, task = committed.parent.parent.name[1:], committed.parent.name
-            rows = after_factorization(results, seed, task)
+            chains = set(pd.read_csv(committed.parent / "runs.csv")["chain"].astype(str))  # the committed run's
+            rows = after_factorization(results, seed, task, chains)
             if rows:
                 pd.DataFrame(rows).to_csv(committed.parent / "after_factorization.csv", index=False, float_format="%.6g")
                 written.append(f"s{seed}/{task}")
@@ -148,7 +154,7 @@ def main() -> int:
         rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
         ranks[(ranks["seed"] == seed) & (ranks["task"] == task)].to_csv(
             d / "rank_study.csv", index=False, float_format="%.6g")
-        factorized = after_factorization(results, int(seed), str(task))
+        factorized = after_factorization(results, int(seed), str(task), set(rows["chain"].astype(str)))
         if factorized:
             pd.DataFrame(factorized).to_csv(d / "after_factorization.csv", index=False, float_format="%.6g")
         info_path = d / "run_info.json"

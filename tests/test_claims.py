@@ -108,6 +108,8 @@ def test_gap_claim_is_judged_against_the_paired_spread():
     assert mod.gap_verdict([-2.0, 3.0, -4.0], [1.0, 1.0, 1.1]).startswith("within noise")
     assert mod.gap_verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "holds"
     assert mod.gap_verdict([2.0, 2.1, 1.9], [-1.0, -1.1, -0.9]) == "does not hold"
+    assert mod.gap_verdict([-0.5, 0.5, -0.4], [-5.0, -5.1, -4.9]) == "does not hold"  # shrinks, whatever the sign
+    assert mod.gap_verdict([0.1, -0.1, 0.3], [-5.0, -5.1, -4.9]) == "does not hold"
 
 
 def test_a_margin_claim_inside_its_noise_is_inconclusive_not_within_noise(tmp_path, monkeypatch):
@@ -230,8 +232,10 @@ def test_retrain_study_pairs_runs_across_results_files(tmp_path, monkeypatch, ca
 
 
 def test_summary_records_the_scores_right_after_factorization(tmp_path):
-    """mini_summary's after_factorization.csv rows: one per factorize artifact of the (seed, task), named by
-    its source (teacher or pruning method) and factorizer; re-trained children and partial dirs are not rows."""
+    """mini_summary's after_factorization.csv rows: one per factorize artifact on the run's chains, named by
+    its source (teacher or pruning method) and factorizer; re-trained children, partial and moved-aside
+    artifacts (lpaf.artifacts' `.<name>.partial-<pid>` / `.<name>.old-<pid>`), other seeds and leftovers
+    of another config in the same results/ are not rows."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("mini_summary", ROOT / "benchmarks" / "mini_summary.py")
     mod = importlib.util.module_from_spec(spec)
@@ -244,30 +248,39 @@ def test_summary_records_the_scores_right_after_factorization(tmp_path):
 
     write(teacher / "fact-fwsvd-1a2b3c-d0.25", stage="factorize", method="fwsvd", density=0.25,
           headline_metric="accuracy", headline=0.8, metrics={"accuracy": 0.8}, predictions={"degenerate": False})
-    pruned = teacher / "prune-platon-ee07c3-d0.25"
+    pruned = teacher / "prune-soft-movement-ee07c3-d0.25"
     write(pruned / "fact-sa-svd-68a8f6-d0.25", stage="factorize", method="sparsity-aware", density=0.25,
           headline_metric="accuracy", headline=0.5, metrics={"accuracy": 0.5}, predictions={"degenerate": True},
           magnitude_overlap={"mean": 0.57})
     write(pruned / "fact-sa-svd-68a8f6-d0.25" / "retrain-plain-4a0887", stage="retrain", headline=0.7)
-    write(pruned / "fact-svd-000000-d0.25.partial-1", stage="factorize", headline=0.1)
+    write(pruned / ".fact-svd-000000-d0.25.partial-1", stage="factorize", headline=0.1)
+    write(teacher / ".fact-svd-000000-d0.25.old-1", stage="factorize", headline=0.1)
+    write(teacher / "fact-svd-999999-d0.25", stage="factorize", headline=0.3)  # another config's leftover
     write(tmp_path / "m" / "sst2" / "s44" / "dense-abc123" / "fact-svd-000000-d0.25", stage="factorize", headline=0.2)
-    rows = {(r["source"], r["factorize"]): r for r in mod.after_factorization(tmp_path, 43, "sst2")}
-    assert set(rows) == {("dense", "fwsvd"), ("platon", "sa-svd")}
+    chains = {"dense-abc123", "dense-abc123/fact-fwsvd-1a2b3c-d0.25/retrain-plain-4a0887",
+              "dense-abc123/prune-soft-movement-ee07c3-d0.25/fact-sa-svd-68a8f6-d0.25/retrain-plain-4a0887",
+              "dense-abc123/fact-svd-000000-d0.25/retrain-plain-4a0887"}
+    rows = {(r["source"], r["factorize"]): r for r in mod.after_factorization(tmp_path, 43, "sst2", chains)}
+    assert set(rows) == {("dense", "fwsvd"), ("soft-movement", "sa-svd")}
     assert rows[("dense", "fwsvd")]["dev_accuracy"] == 0.8 and rows[("dense", "fwsvd")]["magnitude_overlap"] is None
-    assert rows[("platon", "sa-svd")]["degenerate"] is True and rows[("platon", "sa-svd")]["magnitude_overlap"] == 0.57
+    sa = rows[("soft-movement", "sa-svd")]
+    assert sa["degenerate"] is True and sa["magnitude_overlap"] == 0.57
+    assert sa["chain"] == "dense-abc123/prune-soft-movement-ee07c3-d0.25/fact-sa-svd-68a8f6-d0.25"
 
 
 def test_aggregate_pools_the_scores_after_factorization(tmp_path):
     """table.md gains a 'right after factorization' section: mean ± std over the seeds that committed the
     file, in points, with the seeds whose start predicted one class counted as failed."""
     mod = _aggregate_module()
+    header = "task,seed,source,factorize,method,density,headline_metric,headline,degenerate\n"
     for seed, (score, degenerate) in {42: (0.60, False), 43: (0.50, True)}.items():
-        d = tmp_path / "seeds" / f"s{seed}" / "sst2"
-        d.mkdir(parents=True)
-        (d / "runs.csv").write_text("task\n")
-        (d / "after_factorization.csv").write_text(
-            "task,seed,source,factorize,method,density,headline_metric,headline,degenerate\n"
-            f"sst2,{seed},platon,sa-svd,sparsity-aware,0.25,accuracy,{score},{degenerate}\n")
+        for task, metric, value in (("sst2", "accuracy", score), ("mrpc", "f1", score), ("squad", "f1", 100 * score)):
+            d = tmp_path / "seeds" / f"s{seed}" / task
+            d.mkdir(parents=True)
+            (d / "runs.csv").write_text("task\n")
+            (d / "after_factorization.csv").write_text(
+                header + f"{task},{seed},platon,sa-svd,sparsity-aware,0.25,{metric},{value},{degenerate}\n")
     section = mod.after_factorization_section(tmp_path)
-    assert "| sst2 | 0.25 | platon → sa-svd | 2 | 55.0 ± 7.1 | 1 |" in section
+    for task in ("sst2", "mrpc", "squad"):  # GLUE fractions (MRPC's F1 too) x100; SQuAD F1 already in %
+        assert f"| {task} | 0.25 | platon → sa-svd | 2 | 55.0 ± 7.1 | 1 |" in section, section
     assert (tmp_path / "after_factorization.csv").read_text().count("sst2,") == 2

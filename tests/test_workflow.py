@@ -55,25 +55,31 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = CONFIGS["smok
 
 
 def snakemake_until(done, workdir: Path, *args: str, configfile: Path | None = CONFIGS["smoke"],
-                    env: dict | None = None, timeout: float = 120) -> bool:
+                    env: dict | None = None, timeout: float = 120) -> tuple[bool, str]:
     """Start snakemake, stop it (its whole process group) as soon as `done()` is true: for runs that never
-    finish on their own (a fake sbatch). Returns whether `done()` became true within `timeout` seconds."""
+    finish on their own (a fake sbatch). Returns whether `done()` became true within `timeout` seconds,
+    and the tail of snakemake's output (for the assertion message)."""
     cmd, env = _snakemake_cmd(workdir, args, configfile, env)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not done() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        return bool(done())
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir.parent / f"{workdir.name}.snakemake_until.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not done() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+            ok = bool(done())
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGKILL):  # the group: children outlive a leader that exits
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+    return ok, log.read_text()[-3000:]
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -875,9 +881,11 @@ def test_slurm_gpu_jobs_pass_gpus_model_partition_and_qos_to_sbatch(local_slurm,
                                 "cpu": {"partition": "lpafcpu"}})
     env = dict(local_slurm, PATH=f"{bin_dir}{os.pathsep}{local_slurm['PATH']}")
     # the fake job never finishes: stop snakemake once it is submitted
-    assert snakemake_until(lambda: calls.exists() and "rule_finetune" in calls.read_text(),
-                           tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
-                           "--slurm-status-command", "squeue", configfile=cfg, env=env, timeout=120)
+    submitted_in_time, output = snakemake_until(
+        lambda: calls.exists() and "rule_finetune" in calls.read_text() and calls.read_text().endswith("\n"),
+        tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--slurm-no-account",
+        "--slurm-status-command", "squeue", configfile=cfg, env=env, timeout=120)
+    assert submitted_in_time, output
     submitted = calls.read_text()
     assert "rule_finetune" in submitted, submitted
     assert "-p lpafgpu" in submitted and "--qos=high" in submitted and "--cpus-per-task=2" in submitted

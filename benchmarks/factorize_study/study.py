@@ -178,8 +178,10 @@ def main() -> None:
         if name in results and results[name].get("flags") == flags and results[name].get("source") == source:
             done = Path(args.work) / name / "metrics.json"
             if "predictions" not in results[name] and done.is_file():  # a record written before the field: backfill
-                results[name]["predictions"] = json.loads(done.read_text()).get("predictions")
-                results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                artifact = json.loads(done.read_text())
+                if artifact.get("headline") == results[name]["headline"]:  # the recorded run, not a stale dir
+                    results[name]["predictions"] = artifact.get("predictions")
+                    results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
             continue
         out = run_factorize(name, source, flags, args)
         record = json.loads((out / "metrics.json").read_text())
