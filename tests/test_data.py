@@ -138,15 +138,18 @@ def test_quoting_off_and_bom(tmp_path):
     assert cols["sentence"] == ['"quoted start', 'it\'s "fine"']
 
 
-def test_hub_unreachable_gives_fetch_advice(monkeypatch):
+def test_hub_unreachable_gives_fetch_advice(monkeypatch, tmp_path):
     """Offline mode (what the workflow sets on compute nodes). `datasets` and `huggingface_hub` read
-    HF_HUB_OFFLINE at import, so the env var alone would leave this a 23 s run of connection retries."""
+    HF_HUB_OFFLINE at import, so the env var alone would leave this a 23 s run of connection retries.
+    Empty caches, so a developer's cached copy of RTE cannot make the load succeed."""
     import datasets
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(LpafError, match="lpaf fetch-data --task rte --out DIR"):
         load_raw(get_task("rte"), None, ["train"])
 
