@@ -130,7 +130,7 @@ def after_factorization_section(out: Path) -> str:
     each re-trained row begins from, where C3/C4 are first visible."""
     import pandas as pd
 
-    from lpaf.report import _scale
+    from lpaf.report import display_scale
 
     frames = [pd.read_csv(d / "after_factorization.csv") for d in run_dirs(out)
               if (d / "after_factorization.csv").is_file()]
@@ -141,7 +141,7 @@ def after_factorization_section(out: Path) -> str:
     lines = ["", "## Right after factorization (before re-training)", "",
              "| task | density | source → factorizer | seeds | dev score | failed |", "|---|---|---|---|---|---|"]
     for (task, density, source, factorize), g in rows.groupby(["task", "density", "source", "factorize"], sort=True):
-        values = g["headline"].astype(float) * _scale(str(task))  # GLUE fractions x100, SQuAD already in %
+        values = g["headline"].astype(float) * display_scale(str(task))  # GLUE fractions x100, SQuAD already in %
         spread = f" ± {values.std():.1f}" if len(values) > 1 else ""
         failed = int((g["degenerate"].astype(str).str.lower() == "true").sum())
         lines.append(f"| {task} | {density:g} | {source} → {factorize} | {g['seed'].nunique()} | "

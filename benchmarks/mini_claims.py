@@ -24,6 +24,8 @@ import math
 import statistics
 from pathlib import Path
 
+from lpaf.report import display_scale as scale
+
 HERE = Path(__file__).resolve().parent
 # dev accuracy of always predicting the majority class (MRPC: 279 of 408 paraphrases, F1 81.2;
 # SST-2: 444 of 872 positive; CoLA: 721 of 1,043 acceptable): for runs without the degenerate flag
@@ -45,10 +47,6 @@ def is_degenerate(run: dict) -> bool:
     acc = run.get("dev_accuracy")
     return acc not in (None, "") and run["task"] in MAJORITY_ACCURACY \
         and abs(float(acc) - MAJORITY_ACCURACY[run["task"]]) < 5e-4
-
-
-def scale(task: str) -> float:
-    return 1.0 if task in QA_TASKS else 100.0
 
 
 def paired(diffs: list[float]) -> tuple[float, float | None, float | None]:

@@ -277,7 +277,7 @@ def aggregate(runs):
 # The paper-style markdown table
 # --------------------------------------------------------------------------------------------
 
-def _scale(task: str) -> float:
+def display_scale(task: str) -> float:
     """GLUE metrics are fractions (shown x100); SQuAD EM/F1 are already percentages."""
     from lpaf.tasks import get_task
 
@@ -516,7 +516,7 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
                         f"{', '.join(map(str, table['task'].unique()))})")
     fig = _column_figure(rows["label"].nunique())
     ax = fig.subplots()
-    scale = _scale(task)
+    scale = display_scale(task)
     for _, d in rows[rows["dense"]].iterrows():
         ax.axhline(d["headline_mean"] * scale, color="black", linestyle="--", linewidth=1,
                    label=f"{d['label']} (100%)")
@@ -582,7 +582,7 @@ def ablation_figure(table, out_path: str | Path) -> Path:
         at = rows[rows["density"] == density]
         for i, method in enumerate(present):
             m = at[at["method"] == method].set_index("task").reindex(tasks)
-            scale = np.array([_scale(t) for t in tasks])
+            scale = np.array([display_scale(t) for t in tasks])
             x = np.arange(len(tasks)) + (i - (len(present) - 1) / 2) * width
             label = str(m["label"].dropna().iloc[0]) if m["label"].notna().any() else method
             ax.bar(x, m["headline_mean"].to_numpy(dtype=float) * scale, width,
@@ -591,7 +591,7 @@ def ablation_figure(table, out_path: str | Path) -> Path:
         for j, task in enumerate(tasks):
             dense = table[(table["task"] == task) & table["dense"].astype(bool)]
             if not dense.empty:
-                y = float(dense["headline_mean"].iloc[0]) * _scale(task)
+                y = float(dense["headline_mean"].iloc[0]) * display_scale(task)
                 ax.hlines(y, j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1,
                           label="dense" if (ax is axes[0] and j == 0) else None)
         ax.set_xticks(np.arange(len(tasks)), tasks)
@@ -613,7 +613,7 @@ def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
     rows = ranks[ranks["task"] == task]
     if rows.empty:
         raise LpafError(f"rank figure: no rank-study rows for task {task!r}")
-    scale = _scale(task)
+    scale = display_scale(task)
     entries = [{"method": r["label"], "retained_percent": float(r["retained_percent"]),
                 "metric": None if math.isnan(r["metric"]) else float(r["metric"]) * scale,
                 "metric_name": f"{r['metric_name']} (×100)" if scale == 100.0 else r["metric_name"],
