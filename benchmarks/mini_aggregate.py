@@ -130,7 +130,7 @@ def after_factorization_section(out: Path) -> str:
     each re-trained row begins from, where C3/C4 are first visible."""
     import pandas as pd
 
-    from lpaf.report import display_scale
+    from lpaf.tasks import display_scale
 
     frames = [pd.read_csv(d / "after_factorization.csv") for d in run_dirs(out)
               if (d / "after_factorization.csv").is_file()]

@@ -24,7 +24,7 @@ import math
 import statistics
 from pathlib import Path
 
-from lpaf.report import display_scale as scale
+from lpaf.tasks import display_scale as scale
 
 HERE = Path(__file__).resolve().parent
 # dev accuracy of always predicting the majority class (MRPC: 279 of 408 paraphrases, F1 81.2;

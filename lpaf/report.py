@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lpaf.errors import LpafError
+from lpaf.tasks import display_scale
 
 GROUP_KEYS = ["model", "task", "method", "label", "density"]
 RUN_ID_KEYS = ["model", "task", "method", "label", "density", "seed"]
@@ -276,16 +277,6 @@ def aggregate(runs):
 # --------------------------------------------------------------------------------------------
 # The paper-style markdown table
 # --------------------------------------------------------------------------------------------
-
-def display_scale(task: str) -> float:
-    """GLUE metrics are fractions (shown x100); SQuAD EM/F1 are already percentages."""
-    from lpaf.tasks import get_task
-
-    try:
-        return 1.0 if get_task(task).is_qa else 100.0
-    except LpafError:
-        return 1.0
-
 
 def _metric_order(task: str, recorded: Sequence[str]) -> list[str]:
     """The task's official reporting order (MRPC: F1 then accuracy), then anything else recorded."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lpaf.tasks import display_scale
+
 # task -> (short header, metric keys in the order the header names them)
 HEADERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cola": ("CoLA", ("matthews_correlation",)),
@@ -33,10 +35,6 @@ _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{
 
 def escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-
-
-def _scale(task: str) -> float:
-    return 1.0 if task.startswith("squad") else 100.0
 
 
 def _nan(x: Any) -> bool:
@@ -71,7 +69,7 @@ def paper_rows(mt, score: str = "end") -> tuple[list[str], list[tuple]]:
             r = r.iloc[0]
             failed += int(r.get("n_degenerate", 0) or 0)
             vals = [(r.get(f"{prefix}{k}_mean"), r.get(f"{prefix}{k}_std")) for k in keys]
-            cells[t] = [(None if _nan(m) else m * _scale(t), None if _nan(s) else s * _scale(t)) for m, s in vals]
+            cells[t] = [(None if _nan(m) else m * display_scale(t), None if _nan(s) else s * display_scale(t)) for m, s in vals]
             if t in GLUE and all(m is not None for m, _ in cells[t]):
                 task_scores.append(sum(m for m, _ in cells[t]) / len(cells[t]))
         glue = (sum(task_scores) / len(task_scores)

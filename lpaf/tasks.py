@@ -78,3 +78,11 @@ def get_task(name: str) -> TaskSpec:
     if key not in aliases:
         raise LpafError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     return TASKS[aliases[key]]
+
+
+def display_scale(task: str) -> float:
+    """GLUE metrics are fractions (shown x100); SQuAD EM/F1 are already percentages (unknown: 1)."""
+    try:
+        return 1.0 if get_task(task).is_qa else 100.0
+    except LpafError:
+        return 1.0
