@@ -2,12 +2,16 @@
 # The real-data mini reproduction (config/mini.yaml) on the shared MiniLM and GLUE files.
 #
 #   benchmarks/mini_reproduction.sh              # starts in the background, prints the log path
+#                                                # and the command that stops it
 #   benchmarks/mini_reproduction.sh --foreground # same, in this terminal
 #   SEEDS='[42,43,44,45,46]' benchmarks/mini_reproduction.sh   # 5 seeds (continues a 1-seed run)
 #   SEEDS='[43]' TASKS='[cola]' benchmarks/mini_reproduction.sh  # one task of one seed (< 150 min each)
 #   RUN_METHODS='[dense, platon, magnitude, svd, fwsvd, lpaf, lpaf-no-sa-svd, lpaf-no-mixed-rank]' ...
 #                                                # only these rows (CoLA's and SQuAD's committed seeds)
 #
+# Stopping: the background run is its own process group (pid in logs/mini_reproduction.pid), so
+# `kill -TERM -- -PID` stops Snakemake and its running jobs together. Killing only the script's pid,
+# or a SIGINT to Snakemake alone, leaves a --keep-going run starting new jobs.
 # Resumable: rerunning it continues where it stopped (Snakemake reruns only missing or incomplete
 # artifacts; an interrupted training job resumes from its last checkpoint). When the table is
 # complete, benchmarks/mini_summary.py commits each (seed, task) run's rows and per-stage wall times
@@ -24,7 +28,8 @@ CORES=${CORES:-2}
 SEEDS=${SEEDS:-}
 TASKS=${TASKS:-}
 RUN_METHODS=${RUN_METHODS:-}
-LOG=logs/mini_reproduction.log
+LOG=${LPAF_MINI_LOG:-logs/mini_reproduction.log}
+PIDFILE="${LOG%.log}.pid"
 
 if [[ ! -f "$MODEL/config.json" || ! -d "$DATA/glue" ]]; then
   echo "mini_reproduction: expected the model at $MODEL and GLUE files under $DATA/glue (set LPAF_SHARED=DIR)" >&2
@@ -32,9 +37,12 @@ if [[ ! -f "$MODEL/config.json" || ! -d "$DATA/glue" ]]; then
 fi
 
 if [[ "${1:-}" != "--foreground" ]]; then
-  mkdir -p logs
-  nohup "$0" --foreground >>"$LOG" 2>&1 &
+  mkdir -p "$(dirname "$LOG")"
+  # setsid: a process group of its own (the script, Snakemake and its jobs), stoppable as one
+  setsid nohup "$0" --foreground >>"$LOG" 2>&1 </dev/null &
+  echo "$!" >"$PIDFILE"
   echo "mini reproduction running in the background (pid $!); log: $LOG"
+  echo "stop it with: kill -TERM -- -$! (rerun the same command to continue)"
   exit 0
 fi
 

@@ -360,6 +360,47 @@ def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path)
     assert {k: v for k, v in hub.items() if not k.startswith("fetch")} == local
 
 
+def test_the_background_mini_reproduction_stops_as_one_process_group(tmp_path):
+    """The printed stop command must stop Snakemake and its jobs, not only the launching script: a
+    --keep-going run that loses only its parent keeps starting jobs. A stand-in `snakemake` that
+    starts a job and waits shows whether the whole group goes."""
+    shared = tmp_path / "shared"
+    (shared / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (shared / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    (shared / "data" / "glue").mkdir(parents=True)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    job_pid = tmp_path / "job.pid"
+    fake = fake_bin / "snakemake"
+    fake.write_text(f"#!/usr/bin/env bash\nsleep 300 &\necho $! > {job_pid}\nwait\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "logs" / "mini.log"
+    env = {**os.environ, "LPAF_SHARED": str(shared), "LPAF_MINI_LOG": str(log),
+           "PATH": f"{fake_bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([str(REPO / "benchmarks" / "mini_reproduction.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    group = int((tmp_path / "logs" / "mini.pid").read_text())
+    assert f"kill -TERM -- -{group}" in res.stdout
+    deadline = time.time() + 30
+    while not job_pid.exists() or not job_pid.read_text().strip():
+        assert time.time() < deadline, log.read_text()
+        time.sleep(0.2)
+    job = int(job_pid.read_text())
+    assert os.getpgid(job) == group and os.getpgid(job) != os.getpgrp()
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.time() + 30
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < deadline, "the run's process group outlived its stop command"
+        time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(job, 0)
+
+
 @pytest.mark.skipif(not (SHARED / "models" / "all-MiniLM-L6-v2").is_dir() and not os.environ.get("CI"), reason="needs ../shared")
 def test_local_model_and_data_overrides_skip_the_fetch_rules(tmp_path):
     res = snakemake(tmp_path, "-n", "--config", f"model_path={SHARED / 'models' / 'all-MiniLM-L6-v2'}",
