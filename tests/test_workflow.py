@@ -349,7 +349,8 @@ def test_mini_config_plans_every_row_from_the_hub_or_the_shared_copies(tmp_path)
     assert hub["finetune"] == tasks and hub["prune"] == tasks * 3 * densities
     assert hub["factorize"] == tasks * 7 * densities and hub["retrain"] == tasks * 8 * densities
     script = (REPO / "benchmarks" / "mini_reproduction.sh").read_text()
-    assert "--configfile config/mini.yaml" in script and 'model_path="$MODEL" data_dir="$DATA"' in script
+    assert "CONFIG=${CONFIG:-config/mini.yaml}" in script and '--configfile "$CONFIG"' in script
+    assert 'model_path="$MODEL" data_dir="$DATA"' in script
     shared_model = SHARED / "models" / "all-MiniLM-L6-v2"
     if not shared_model.is_dir() and not os.environ.get("CI"):
         return  # users without ../shared: the hub plan above is the whole check
@@ -394,6 +395,44 @@ def test_the_background_mini_reproduction_stops_as_one_process_group(tmp_path):
         assert time.time() < deadline, f"the run's process group outlived its stop command: {live_members(group)}"
         time.sleep(0.2)
     assert job not in live_members(group)
+
+
+def test_the_mini_reproduction_writes_the_squad_split_its_config_names(tmp_path):
+    """CONFIG=config/mini_qa.yaml makes SQuAD one command: the split its task_settings.squad.data_dir
+    names is written from the shared dev set before Snakemake starts, and Snakemake gets that config.
+    Without the source it is a one-line exit 2 that neither writes a split nor starts Snakemake."""
+    from conftest import write_squad_json
+
+    shared = tmp_path / "shared"
+    (shared / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (shared / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    source = write_squad_json(shared / "data" / "squad" / "v1.1" / "dev-v1.1.json", n_articles=12)
+    split = tmp_path / "split"
+    config = tmp_path / "qa.yaml"
+    config.write_text(yaml.safe_dump({"tasks": ["squad"], "task_settings": {"squad": {"data_dir": str(split)}}}))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "snakemake.args"
+    fake = fake_bin / "snakemake"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "LPAF_SHARED": str(shared), "CONFIG": str(config), "SEEDS": "[43]",
+           "PATH": f"{fake_bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = str(REPO / "benchmarks" / "mini_reproduction.sh")
+    # the summary step after the stand-in Snakemake finds no results: only what came before is checked
+    subprocess.run([script, "--foreground"], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads((split / "SPLIT.json").read_text())["eval_articles"] == 10
+    assert calls.read_text().split().count("--configfile") == 1 and f"--configfile {config} " in calls.read_text()
+    assert "seeds=[43]" in calls.read_text()
+
+    shutil.rmtree(split)
+    calls.unlink()
+    source.unlink()
+    (shared / "data" / "glue").mkdir()
+    res = subprocess.run([script, "--foreground"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert str(split) in res.stderr and "dev-v1.1.json" in res.stderr
+    assert not split.exists() and not calls.exists()
 
 
 def live_members(pgid: int) -> list[int]:
@@ -974,3 +1013,11 @@ def test_mini_qa_config_plans_squad_through_the_chain(tmp_path):
     jobs = planned_jobs(res.stdout)
     assert all("--max-length 192" in j["shell"] and "--doc-stride 64" in j["shell"]
                for j in jobs if j["rule"] in ("finetune", "prune", "retrain"))
+    # CONFIG=config/mini_qa.yaml benchmarks/mini_reproduction.sh also passes the GLUE data_dir: the
+    # same jobs (so its seeds pair with those run without it)
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    res = snakemake(tmp_path / "work", "-n", "--config", f"task_settings={{squad: {{data_dir: {split}}}}}",
+                    f"data_dir={glue}", configfile=CONFIGS.get("mini_qa", REPO / "config" / "mini_qa.yaml"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(j["shell"] for j in planned_jobs(res.stdout)) == sorted(j["shell"] for j in jobs)
