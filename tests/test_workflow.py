@@ -365,19 +365,11 @@ def test_the_background_mini_reproduction_stops_as_one_process_group(tmp_path):
     """The printed stop command must stop Snakemake and its jobs, not only the launching script: a
     --keep-going run that loses only its parent keeps starting jobs. A stand-in `snakemake` that
     starts a job and waits shows whether the whole group goes."""
-    shared = tmp_path / "shared"
-    (shared / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
-    (shared / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
-    (shared / "data" / "glue").mkdir(parents=True)
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
     job_pid = tmp_path / "job.pid"
-    fake = fake_bin / "snakemake"
-    fake.write_text(f"#!/usr/bin/env bash\nsleep 300 &\necho $! > {job_pid}\nwait\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    shared, env = stand_in_mini_reproduction(tmp_path, f"sleep 300 &\necho $! > {job_pid}\nwait\n")
+    (shared / "data" / "glue").mkdir(parents=True)
     log = tmp_path / "logs" / "mini.log"
-    env = {**os.environ, "LPAF_SHARED": str(shared), "LPAF_MINI_LOG": str(log),
-           "PATH": f"{fake_bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["LPAF_MINI_LOG"] = str(log)
     res = subprocess.run([str(REPO / "benchmarks" / "mini_reproduction.sh")], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -403,21 +395,13 @@ def test_the_mini_reproduction_writes_the_squad_split_its_config_names(tmp_path)
     Without the source it is a one-line exit 2 that neither writes a split nor starts Snakemake."""
     from conftest import write_squad_json
 
-    shared = tmp_path / "shared"
-    (shared / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
-    (shared / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    calls = tmp_path / "snakemake.args"
+    shared, env = stand_in_mini_reproduction(tmp_path, f'echo "$@" >> {calls}\n')
     source = write_squad_json(shared / "data" / "squad" / "v1.1" / "dev-v1.1.json", n_articles=12)
     split = tmp_path / "split"
     config = tmp_path / "qa.yaml"
     config.write_text(yaml.safe_dump({"tasks": ["squad"], "task_settings": {"squad": {"data_dir": str(split)}}}))
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    calls = tmp_path / "snakemake.args"
-    fake = fake_bin / "snakemake"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "LPAF_SHARED": str(shared), "CONFIG": str(config), "SEEDS": "[43]",
-           "PATH": f"{fake_bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(CONFIG=str(config), SEEDS="[43]")
     script = str(REPO / "benchmarks" / "mini_reproduction.sh")
     # the summary step after the stand-in Snakemake finds no results: only what came before is checked
     subprocess.run([script, "--foreground"], env=env, capture_output=True, text=True, timeout=120)
@@ -433,6 +417,22 @@ def test_the_mini_reproduction_writes_the_squad_split_its_config_names(tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert str(split) in res.stderr and "dev-v1.1.json" in res.stderr
     assert not split.exists() and not calls.exists()
+
+
+def stand_in_mini_reproduction(tmp_path: Path, snakemake_body: str) -> tuple[Path, dict]:
+    """A ../shared stand-in with the model's config.json only, and the environment that runs
+    benchmarks/mini_reproduction.sh against it with a stand-in `snakemake` running `snakemake_body`."""
+    shared = tmp_path / "shared"
+    (shared / "models" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (shared / "models" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "snakemake"
+    fake.write_text("#!/usr/bin/env bash\n" + snakemake_body)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "LPAF_SHARED": str(shared),
+           "PATH": f"{fake_bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return shared, env
 
 
 def live_members(pgid: int) -> list[int]:
