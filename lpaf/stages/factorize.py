@@ -122,8 +122,8 @@ def fisher_row_weights(model: nn.Module, data, names: list[str], batches: int, b
 
 
 def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
-    from lpaf.factorize import (allocate_ranks, factorize_matrices, omega_from_fisher, omega_from_importance,
-                                omega_from_mask)
+    from lpaf.factorize import allocate_ranks, factorize_matrices
+    from lpaf.sparsity_aware import omega_from_fisher, omega_from_importance, omega_from_mask
     from lpaf.lowrank import save_lowrank_model, swap_encoder_linears
     from lpaf.modules import find_encoder_linears
 
