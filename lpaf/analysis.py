@@ -162,13 +162,16 @@ def model_rank_study(model: nn.Module) -> dict[str, Any]:
 _ENTRY_KEYS = ("method", "retained_percent", "avg_rank", "dense")
 
 
-def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -> list[Path]:
+def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path,
+                      title: str | None = None) -> list[Path]:
     """The paper's figure: headline metric (top) and average rank (bottom) vs % retained.
 
-    One line per pruning method; the seeds of one density are one point, mean with a sample-std
-    error bar (entries may carry ``density``; else equal % retained groups them); dense entries become a dashed horizontal line in both panels. Entries without a
-    ``metric`` are left out of the top panel only. ``.png`` writes a PNG; ``.pdf`` writes the PDF
-    and a PNG next to it. Returns the paths written.
+    One line per pruning method, in its colour, marker and name of every figure (lpaf.display); the
+    seeds of one density are one point, their mean, with a sample-std error bar where the point has
+    two seeds or more (entries may carry ``density``; else equal % retained groups them); dense
+    entries become a dashed horizontal line in both panels. Entries without a ``metric`` are left
+    out of the top panel only. ``title``: the figure's title (default: "Rank study"). ``.png``
+    writes a PNG; ``.pdf`` writes the PDF and a PNG next to it. Returns the paths written.
     """
     out_path = Path(out_path)
     _check_figure_path(out_path)
@@ -182,6 +185,8 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from lpaf.display import DENSE_NAME, DENSE_STYLE, method_name, method_style
+
     n_methods = len({str(e["method"]) for e in entries if not e["dense"]}) + 1
     # one paper column wide (3.4 in), the legend below the two panels
     fig = Figure(figsize=(3.4, 4.6 + 0.17 * math.ceil(n_methods / 2)), layout="constrained")
@@ -193,21 +198,22 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     for ax, key in panels:
         values = [e[key] for e in dense if e.get(key) is not None]
         if values:
-            ax.axhline(sum(values) / len(values), color="black", linestyle="--", linewidth=1,
-                       label="dense (fine-tuned)")
+            ax.axhline(sum(values) / len(values), color=DENSE_STYLE.color, linestyle="--", linewidth=1,
+                       label=DENSE_NAME)
 
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
         if not e["dense"]:
             by_method[str(e["method"])].append(e)
     for method, rows in sorted(by_method.items()):
-        color = None
+        style = method_style(method)
         for ax, key in panels:
             points = _mean_points(rows, key)
             if points:
                 xs, ys, stds = zip(*points)
-                bars = ax.errorbar(xs, ys, yerr=stds, marker="o", capsize=3, label=method, color=color)
-                color = bars.lines[0].get_color()  # same color for a method in both panels
+                yerr = None if all(math.isnan(s) for s in stds) else stds  # error bars need two seeds
+                ax.errorbar(xs, ys, yerr=yerr, marker=style.marker, capsize=3, label=method_name(method),
+                            color=style.color)
 
     metric_names = sorted({str(e["metric_name"]) for e in entries if e.get("metric_name")})
     ax_metric.set_ylabel(" / ".join(metric_names) or "metric")
@@ -215,6 +221,7 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
     ax_rank.set_xlabel("% encoder parameters retained")
     for ax, _ in panels:
         ax.grid(True, alpha=0.3)
+    fig.suptitle(title or "Rank study")
     handles, labels = ax_rank.get_legend_handles_labels()
     if handles:  # outside the data, below the panels
         fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2, frameon=False)
@@ -230,7 +237,7 @@ def rank_study_figure(entries: Sequence[dict[str, Any]], out_path: str | Path) -
 
 def _mean_points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float, float]]:
     """(mean % retained, mean, sample std) per point; seeds of one density are one point (grouped
-    by ``density`` where entries have it, else by % retained). One value: std 0."""
+    by ``density`` where entries have it, else by % retained). One value: std nan (no error bar)."""
     groups: dict[float, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         if row.get(key) is not None:
@@ -241,7 +248,7 @@ def _mean_points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, floa
     for _, pairs in sorted(groups.items()):
         xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
         mean = sum(ys) / len(ys)
-        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else 0.0
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else math.nan
         points.append((sum(xs) / len(xs), mean, std))
     return sorted(points)
 

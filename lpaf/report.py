@@ -14,8 +14,10 @@ Outputs:
   sparse and low-rank models share one axis), whole-model parameters, speed-up, number of seeds;
 - ``table.md``: the paper-style table (tasks as columns, mean ± std, GLUE scores x100);
 - figures (PNG and PDF, one style): headline metric vs % retained per task, the rank study per
-  task (its own density grid, seeds as error bars), the ablation (lpaf vs − sa-svd vs − mixed-rank),
-  speed-up vs % retained.
+  task (its own density grid), the ablation (lpaf vs − sa-svd vs − mixed-rank), speed-up vs %
+  retained. Every figure has a title and names metrics and tasks for a reader ("Pearson r",
+  "STS-B"); a method has one colour, marker and name in all of them (lpaf.display); error bars (sample
+  std over seeds) are drawn only where a point has at least two seeds.
 
 Speed-up: per seed, latency(dense teacher) / latency(model), then mean and std over seeds. Tasks
 without latency measurements (``evaluate.tasks`` in the config) take the mean speed-up of the same
@@ -33,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from lpaf.display import DENSE_NAME, DENSE_STYLE, headline_metric, method_name, method_style, metric_name, task_name
 from lpaf.errors import LpafError
 from lpaf.tasks import display_scale
 
@@ -326,9 +329,7 @@ def markdown_table(table, runs=None, score: str = "end") -> str:
                     line.append("–")
                     continue
                 text = " / ".join(_fmt(m, s, 1.0) for m, s in cells[t])
-                per_task = mt[(mt["label"] == label) & (mt["density"] == density) & (mt["task"] == t)]
-                n_failed = int(per_task["n_degenerate"].iloc[0]) if not per_task.empty else 0
-                line.append(f"{text} †{n_failed}" if n_failed else text)
+                line.append(f"{text} †{failed[t]}" if failed[t] else text)
             if glue_tasks:
                 line.append("–" if glue is None else f"{glue:.1f}")
             line.append("–" if speed is None else f"{speed:.2f}×")
@@ -455,13 +456,24 @@ def _figure(width: float = 6.5, height: float = 3.4):
     return fig
 
 
-def _method_colors(table) -> dict[str, Any]:
-    """label -> color, in the table's method order, so a method has one color in every figure."""
-    from matplotlib import colormaps
+def _by_method(rows):
+    """(method key, display name, rows) per compressed method, in table order. The style is keyed by
+    the method (lpaf.display), so a method looks the same in every figure whatever else it holds."""
+    compressed = rows[~rows["dense"].astype(bool)]
+    if "method" not in compressed:  # a table without method keys: the label is the key
+        compressed = compressed.assign(method=compressed["label"])
+    for (method, label), g in compressed.groupby(["method", "label"], sort=False):
+        yield str(method), method_name(str(method), label), g
 
-    labels = list(dict.fromkeys(table.loc[~table["dense"].astype(bool), "label"].astype(str)))
-    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"].colors
-    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+
+def _yerr(g, std_col: str, scale):
+    """Error bars (sample std x scale) only for points with at least two seeds; None when no point has."""
+    import numpy as np
+
+    std = g[std_col].to_numpy(dtype=float) * scale
+    n = g["n_seeds"].to_numpy(dtype=float) if "n_seeds" in g else np.where(np.isnan(std), 1.0, 2.0)
+    err = np.where(n >= 2, std, np.nan)
+    return None if np.isnan(err).all() else err
 
 
 def _save(fig, out_path: str | Path) -> Path:
@@ -498,8 +510,8 @@ def _read_table(table):
 
 @_styled
 def metric_figure(table, task: str, out_path: str | Path) -> Path:
-    """Headline metric (mean ± std over seeds) vs % encoder parameters retained, one line per method;
-    the dense teacher is a dashed horizontal line."""
+    """Headline metric (mean over seeds; ± sample std where a point has two seeds or more) vs %
+    encoder parameters retained, one line per method; the dense teacher is a dashed horizontal line."""
     table = _read_table(table)
     rows = table[table["task"] == task]
     if rows.empty:
@@ -508,19 +520,17 @@ def metric_figure(table, task: str, out_path: str | Path) -> Path:
     fig = _column_figure(rows["label"].nunique())
     ax = fig.subplots()
     scale = display_scale(task)
-    for _, d in rows[rows["dense"]].iterrows():
-        ax.axhline(d["headline_mean"] * scale, color="black", linestyle="--", linewidth=1,
-                   label=f"{d['label']} (100%)")
-    colors = _method_colors(table)
-    for label, g in rows[~rows["dense"]].groupby("label", sort=False):
+    for i, (_, d) in enumerate(rows[rows["dense"].astype(bool)].iterrows()):
+        ax.axhline(d["headline_mean"] * scale, color=DENSE_STYLE.color, linestyle="--", linewidth=1,
+                   label=DENSE_NAME if i == 0 else None)
+    for method, name, g in _by_method(rows):
         g = g.sort_values("retained_percent")
-        std = g["headline_std"].fillna(0.0) * scale
-        ax.errorbar(g["retained_percent"], g["headline_mean"] * scale, yerr=std, marker="o", label=label,
-                    color=colors.get(str(label)))
-    metric = rows["headline_metric"].iloc[0]
+        style = method_style(method)
+        ax.errorbar(g["retained_percent"], g["headline_mean"] * scale, yerr=_yerr(g, "headline_std", scale),
+                    marker=style.marker, color=style.color, label=name)
     ax.set_xlabel("% encoder parameters retained")
-    ax.set_ylabel(f"{metric}" + (" (×100)" if scale == 100.0 else ""))
-    ax.set_title(f"{rows['model'].iloc[0]} · {task}")
+    ax.set_ylabel(metric_name(rows["headline_metric"].iloc[0]))
+    ax.set_title(f"{task_name(task)} · {rows['model'].iloc[0]}")
     ax.grid(True, alpha=0.3)
     _legend_outside(ax)
     return _save(fig, out_path)
@@ -532,19 +542,18 @@ def speedup_figure(table, out_path: str | Path) -> Path:
     table = _read_table(table)
     fig = _column_figure(table["label"].nunique())
     ax = fig.subplots()
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense (1×)")
-    sparse = table[~table["dense"]]
-    colors = _method_colors(table)
-    for label, g in sparse.groupby("label", sort=False):
+    ax.axhline(1.0, color=DENSE_STYLE.color, linestyle="--", linewidth=1, label=DENSE_NAME)
+    for method, name, g in _by_method(table):
         pts = g.groupby("density").agg(x=("retained_percent", "mean"), y=("speedup_mean", "mean")).dropna()
         if pts.empty:
             continue
         pts = pts.sort_values("x")
-        ax.plot(pts["x"], pts["y"], marker="o", label=label, color=colors.get(str(label)))
+        style = method_style(method)
+        ax.plot(pts["x"], pts["y"], marker=style.marker, label=name, color=style.color)
     ax.set_xlabel("% encoder parameters retained")
     ax.set_ylabel("inference speed-up vs dense (×)")
     models = ", ".join(map(str, table["model"].unique()))
-    ax.set_title(f"{models} · batch 32 × 128 tokens")
+    ax.set_title(f"Speed-up · {models} (batch 32 × 128 tokens)")
     ax.grid(True, alpha=0.3)
     _legend_outside(ax)
     return _save(fig, out_path)
@@ -553,8 +562,8 @@ def speedup_figure(table, out_path: str | Path) -> Path:
 @_styled
 def ablation_figure(table, out_path: str | Path) -> Path:
     """The paper's ablation: lpaf vs lpaf − sa-svd vs lpaf − mixed-rank, headline metric per task
-    (bars: mean over seeds, error bars: sample std), one panel per density; the dense teacher of
-    each task is a black tick above its group."""
+    (bars: mean over seeds; error bars: sample std, where a bar has two seeds or more), one panel
+    per density; the dense teacher of each task is a black tick above its group."""
     import numpy as np
 
     table = _read_table(table)
@@ -565,7 +574,6 @@ def ablation_figure(table, out_path: str | Path) -> Path:
                         f"(the table has {', '.join(map(str, table['method'].unique()))})")
     densities = sorted(rows["density"].unique(), reverse=True)
     tasks = list(dict.fromkeys(rows["task"]))
-    colors = _method_colors(table)
     fig = _figure(width=max(4.0, 1.6 + 1.3 * len(tasks) * len(densities)), height=3.2)
     axes = fig.subplots(1, len(densities), sharey=True, squeeze=False)[0]
     width = 0.8 / len(present)
@@ -575,29 +583,39 @@ def ablation_figure(table, out_path: str | Path) -> Path:
             m = at[at["method"] == method].set_index("task").reindex(tasks)
             scale = np.array([display_scale(t) for t in tasks])
             x = np.arange(len(tasks)) + (i - (len(present) - 1) / 2) * width
-            label = str(m["label"].dropna().iloc[0]) if m["label"].notna().any() else method
-            ax.bar(x, m["headline_mean"].to_numpy(dtype=float) * scale, width,
-                   yerr=m["headline_std"].fillna(0.0).to_numpy(dtype=float) * scale,
-                   label=label if ax is axes[0] else None, color=colors.get(label), capsize=2)
+            name = method_name(method, m["label"].dropna().iloc[0] if m["label"].notna().any() else None)
+            ax.bar(x, m["headline_mean"].to_numpy(dtype=float) * scale, width, yerr=_yerr(m, "headline_std", scale),
+                   label=name if ax is axes[0] else None, color=method_style(method).color, capsize=2)
         for j, task in enumerate(tasks):
             dense = table[(table["task"] == task) & table["dense"].astype(bool)]
             if not dense.empty:
                 y = float(dense["headline_mean"].iloc[0]) * display_scale(task)
-                ax.hlines(y, j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1,
-                          label="dense" if (ax is axes[0] and j == 0) else None)
-        ax.set_xticks(np.arange(len(tasks)), tasks)
+                ax.hlines(y, j - 0.45, j + 0.45, colors=DENSE_STYLE.color, linestyles="--", linewidth=1,
+                          label=DENSE_NAME if (ax is axes[0] and j == 0) else None)
+        ax.set_xticks(np.arange(len(tasks)), [f"{task_name(t)}\n{metric_name(_headline(rows, t))}" for t in tasks])
         ax.set_title(f"density {density:g}")
         ax.grid(True, axis="y", alpha=0.3)
-    axes[0].set_ylabel("headline dev metric (GLUE ×100, SQuAD %)")
+    axes[0].set_ylabel("dev score")
+    fig.suptitle(f"Ablation · {', '.join(map(str, table['model'].unique()))}")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", frameon=False)
     return _save(fig, out_path)
 
 
+def _headline(rows, task: str) -> str:
+    """The task's headline metric key: the table's column, else the task registry's."""
+    if "headline_metric" in rows:
+        recorded = rows.loc[rows["task"] == task, "headline_metric"].dropna()
+        if not recorded.empty:
+            return str(recorded.iloc[0])
+    return headline_metric(task)
+
+
 @_styled
 def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
     """The paper's rank-study figure for one task (lpaf.analysis.rank_study_figure): metric and
-    average rank vs % retained on the rank study's density grid, seeds as error bars."""
+    average rank vs % retained on the rank study's density grid, seeds as error bars (where a point
+    has two seeds or more), styled and named as in every other figure (lpaf.display)."""
     from lpaf.analysis import rank_study_figure
 
     ranks = _read_table(rank_rows)
@@ -607,10 +625,11 @@ def rank_figure(rank_rows, task: str, out_path: str | Path) -> Path:
     scale = display_scale(task)
     entries = [{"method": r["label"], "retained_percent": float(r["retained_percent"]),
                 "metric": None if math.isnan(r["metric"]) else float(r["metric"]) * scale,
-                "metric_name": f"{r['metric_name']} (×100)" if scale == 100.0 else r["metric_name"],
+                "metric_name": metric_name(r["metric_name"]) if isinstance(r["metric_name"], str) else None,
                 "avg_rank": float(r["avg_rank"]), "dense": bool(r["dense"]), "density": float(r["density"])}
                for _, r in rows.iterrows()]
-    return rank_study_figure(entries, out_path)[0]
+    title = f"{task_name(task)} rank study · {', '.join(map(str, rows['model'].unique()))}"
+    return rank_study_figure(entries, out_path, title=title)[0]
 
 
 # --------------------------------------------------------------------------------------------

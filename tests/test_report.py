@@ -277,23 +277,13 @@ def test_ablation_figure_draws_the_three_rows_per_density(tmp_path):
         ablation_figure(only_svd, tmp_path / "x.png")
 
 
-def test_figures_share_one_color_per_method(tmp_path):
-    from lpaf.report import _method_colors
-
-    table = _ablation_table()
-    colors = _method_colors(table)
-    assert list(colors) == ["lpaf", "lpaf − sa-svd", "lpaf − mixed-rank", "svd"]  # table order, dense excluded
-    assert len(set(colors.values())) == 4
-    assert _method_colors(table[table["method"] != "svd"])["lpaf"] == colors["lpaf"]
-
-
 def test_rank_points_are_seed_means_with_sample_std():
     from lpaf.analysis import _mean_points
 
     rows = [{"retained_percent": 25.0 + i * 0.01, "density": 0.25, "avg_rank": r} for i, r in enumerate((100, 110, 120))]
     rows.append({"retained_percent": 10.0, "density": 0.1, "avg_rank": 50})
     points = _mean_points(rows, "avg_rank")
-    assert points[0] == (10.0, 50.0, 0.0)
+    assert points[0][:2] == (10.0, 50.0) and math.isnan(points[0][2])  # one seed: no error bar
     x, mean, std = points[1]
     assert x == pytest.approx(25.01) and mean == pytest.approx(110.0) and std == pytest.approx(10.0)
 
@@ -357,3 +347,261 @@ def test_seeds_built_with_different_stage_settings_are_refused(tmp_path):
     prune_metrics.write_text(json.dumps(blob))
     with pytest.raises(LpafError, match="prune.method is 'platon' in seed 1 and 'movement' in seed 2"):
         load_runs(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Paper outputs that keep their marks (issue 31, point 5)
+# --------------------------------------------------------------------------------------------
+
+def _paper_table(rows: list[tuple]) -> pd.DataFrame:
+    """An aggregated table by hand: (label, density, task, {metric: mean}, n_degenerate) per row,
+    3 seeds, std 0.01 (so cells carry a ±)."""
+    out = []
+    for label, density, task, means, failed in rows:
+        row = {"model": "m", "task": task, "method": label, "label": label, "density": density,
+               "dense": label == "dense", "n_seeds": 3, "n_degenerate": failed, "headline_metric": next(iter(means)),
+               "retained_percent": density * 100, "speedup_mean": 1.0 / density, "magnitude_overlap": math.nan}
+        for key, mean in means.items():
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, 0.01
+        row["headline_mean"], row["headline_std"] = next(iter(means.values())), 0.01
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+# MRPC at 0.5: a and b collapsed to the majority class (one tied, higher F1), c is a real model; SST-2: a and
+# c tie at the best displayed value, b is below. At 0.25 every compressed MRPC row collapsed (the smoke run).
+MARKED = _paper_table([
+    ("dense", 1.0, "mrpc", {"f1": 0.88, "accuracy": 0.84}, 0),
+    ("dense", 1.0, "sst2", {"accuracy": 0.91}, 0),
+    ("a", 0.5, "mrpc", {"f1": 0.812, "accuracy": 0.684}, 3),
+    ("a", 0.5, "sst2", {"accuracy": 0.9001}, 0),
+    ("b", 0.5, "mrpc", {"f1": 0.812, "accuracy": 0.684}, 1),
+    ("b", 0.5, "sst2", {"accuracy": 0.85}, 0),
+    ("c", 0.5, "mrpc", {"f1": 0.78, "accuracy": 0.70}, 0),
+    ("c", 0.5, "sst2", {"accuracy": 0.8999}, 0),
+    ("a", 0.25, "mrpc", {"f1": 0.812, "accuracy": 0.684}, 3),
+    ("a", 0.25, "sst2", {"accuracy": 0.80}, 0),
+    ("b", 0.25, "mrpc", {"f1": 0.812, "accuracy": 0.684}, 3),
+    ("b", 0.25, "sst2", {"accuracy": 0.70}, 0),
+])
+
+
+def _tex_cells(tex: str, label: str, density_block: int) -> dict[str, str]:
+    """The cells of one row of the first table: density_block 0 = the dense block, 1 = the first density…"""
+    first = tex.split("\\end{table}")[0]
+    header, *blocks = first.split("\\midrule")[1:]  # [header, dense rows, density 0.5 rows, density 0.25 rows]
+    names = ["Method", "% params", "MRPC", "SST-2", "GLUE avg", "Speed-up"]
+    block = (header + "".join(blocks[:0])) if density_block == 0 else blocks[density_block - 1]
+    line = next(l for l in block.splitlines() if l.startswith(f"{label} &"))
+    return dict(zip(names, line.removesuffix(" \\\\").split(" & ")))
+
+
+def test_latex_table_carries_failed_marks_and_never_bolds_a_failed_row():
+    from lpaf.table_tex import latex_table
+
+    tex = latex_table(MARKED)
+    a, b, c = (_tex_cells(tex, x, 1) for x in "abc")
+    # the † of the markdown table (n failed seeds) is in the LaTeX cell too, and explained in the caption
+    assert "\\dagger" in a["MRPC"] and "3" in a["MRPC"].split("\\dagger")[1]
+    assert "\\dagger" in b["MRPC"] and "\\dagger" not in c["MRPC"] and "\\dagger" not in a["SST-2"]
+    assert "\\dagger" in tex.split("\\caption{")[1].split("\\label")[0]
+    # failed rows are never bold, even with the highest value; the best real row is
+    assert "\\textbf" not in a["MRPC"] and "\\textbf" not in b["MRPC"]
+    assert "\\textbf{78.0}" in c["MRPC"] and "\\textbf{70.0}" in c["MRPC"]
+    # ties at the displayed value (90.0 and 90.0) are both bold; the lower row is not
+    assert "\\textbf{90.0}" in a["SST-2"] and "\\textbf{90.0}" in c["SST-2"] and "\\textbf" not in b["SST-2"]
+    # GLUE avg: a row with a failed task is not a candidate (a's 82.4 > c's 82.0)
+    assert "\\textbf" not in a["GLUE avg"] and "\\textbf{82.0}" in c["GLUE avg"]
+    # density 0.25: every compressed MRPC row failed with tied values -> nothing bold there, both marked
+    a25, b25 = _tex_cells(tex, "a", 2), _tex_cells(tex, "b", 2)
+    assert "\\textbf" not in a25["MRPC"] + b25["MRPC"]
+    assert "\\dagger" in a25["MRPC"] and "\\dagger" in b25["MRPC"]
+    assert "\\textbf{80.0}" in a25["SST-2"]
+
+
+def _captured_figures(monkeypatch) -> list:
+    """Every matplotlib Figure saved from now on (the figure functions return only the path)."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def _legend_colours(fig) -> dict[str, tuple]:
+    """label -> RGBA of every labelled method artist (lines, error-bar lines, bars) in every axes."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    out = {}
+    for ax in fig.axes:
+        for c in ax.containers:
+            label = c.get_label()
+            if not label or label.startswith("_"):
+                continue
+            if isinstance(c, ErrorbarContainer):
+                out[label] = to_rgba(c.lines[0].get_color())
+            elif isinstance(c, BarContainer):
+                out[label] = to_rgba(c.patches[0].get_facecolor())
+        for line in ax.get_lines():
+            if line.get_label() and not line.get_label().startswith("_") and line.get_label() not in out:
+                out[line.get_label()] = to_rgba(line.get_color())
+    return out
+
+
+def _title(fig) -> str:
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    return " ".join([suptitle] + [ax.get_title() for ax in fig.axes]).strip()
+
+
+def _config_methods() -> dict[str, str]:
+    """method key -> label of the default experiment (config/config.yaml)."""
+    import yaml
+
+    methods = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["methods"]
+    return {key: (spec or {}).get("label") or key for key, spec in methods.items()}
+
+
+def _figure_table(methods: dict[str, str], n_seeds: int = 3, tasks=("mrpc",)) -> pd.DataFrame:
+    rows = []
+    for task in tasks:
+        metric = {"mrpc": "f1", "stsb": "pearson", "sst2": "accuracy"}[task]
+        for i, (key, label) in enumerate(methods.items()):
+            for density in ((1.0,) if key == "dense" else (0.5, 0.25)):
+                rows.append({"model": "m", "task": task, "method": key, "label": label, "density": density,
+                             "dense": key == "dense", "n_seeds": n_seeds, "headline_metric": metric,
+                             "headline_mean": 0.9 - 0.01 * i - 0.1 * (1 - density),
+                             "headline_std": 0.02 if n_seeds > 1 else float("nan"),
+                             "retained_percent": density * 100, "speedup_mean": 1.0 / density})
+    return pd.DataFrame(rows)
+
+
+def _rank_table(labels: list[str], seeds=(1, 2)) -> pd.DataFrame:
+    rows = [{"model": "m", "task": "mrpc", "seed": s, "label": "dense", "density": 1.0, "dense": True,
+             "retained_percent": 100.0, "metric": 0.9, "metric_name": "f1", "avg_rank": 32.0} for s in seeds]
+    for i, label in enumerate(labels):
+        for density in (0.5, 0.25):
+            rows += [{"model": "m", "task": "mrpc", "seed": s, "label": label, "density": density, "dense": False,
+                      "retained_percent": density * 100, "metric": 0.8 - 0.01 * i + 0.001 * s,
+                      "metric_name": "f1", "avg_rank": 20.0 + i + s} for s in seeds]
+    return pd.DataFrame(rows)
+
+
+def test_one_colour_and_name_per_method_across_figures(tmp_path, monkeypatch):
+    """platon (say) has one colour whatever else a figure holds and in whichever order: the metric
+    figure (every default method), the rank figure (only the pruners, sorted differently), the
+    ablation and the speed-up figure all draw it alike, under one name."""
+    saved = _captured_figures(monkeypatch)
+    methods = _config_methods()
+    table = _figure_table(methods)
+    metric_figure(table, "mrpc", tmp_path / "metric.png")
+    rank_figure(_rank_table(["platon", "magnitude"]), "mrpc", tmp_path / "rank.png")
+    ablation_figure(table, tmp_path / "ablation.png")
+    speedup_figure(table, tmp_path / "speedup.png")
+    metric, rank, ablation, speedup = (_legend_colours(f) for f in saved)
+    for figure in (rank, ablation, speedup):
+        for label, colour in figure.items():
+            if label in metric:
+                assert colour == metric[label], label
+    assert rank["platon"] == metric["platon"] and rank["magnitude"] == metric["magnitude"]
+    assert ablation["lpaf"] == metric["lpaf"] and speedup["lpaf − sa-svd"] == metric["lpaf − sa-svd"]
+    compressed = {label for key, label in methods.items() if key != "dense"}
+    assert compressed <= set(metric) and compressed <= set(speedup)  # one name: the table's label
+    # a figure with fewer methods draws the ones it has in the same colours
+    saved.clear()
+    metric_figure(table[table["method"].isin(["dense", "lpaf", "platon"])], "mrpc", tmp_path / "few.png")
+    few = _legend_colours(saved[0])
+    assert few["platon"] == metric["platon"] and few["lpaf"] == metric["lpaf"]
+
+
+def _lab(rgba) -> tuple[float, float, float]:
+    """sRGB -> CIELAB (D65)."""
+    def lin(c):
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgba[:3])
+    xyz = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
+        (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+    f = [t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116 for t in xyz]
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
+def test_method_colours_are_easy_to_tell_apart(tmp_path, monkeypatch):
+    """Every method of the default experiment has its own colour, no light tab20 shade of another,
+    and any two differ by at least 20 CIELAB units (ΔE76)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgba
+
+    saved = _captured_figures(monkeypatch)
+    metric_figure(_figure_table(_config_methods()), "mrpc", tmp_path / "metric.png")
+    colours = {label: c for label, c in _legend_colours(saved[0]).items() if not label.startswith("dense")}
+    assert len(colours) == len(_config_methods()) - 1
+    assert len(set(colours.values())) == len(colours)
+    light_tab20 = {to_rgba(c) for c in colormaps["tab20"].colors[1::2]}
+    assert not light_tab20 & set(colours.values())
+    labs = {label: _lab(c) for label, c in colours.items()}
+    for x in labs:
+        for y in labs:
+            if x < y:
+                assert math.dist(labs[x], labs[y]) >= 20, (x, y)
+
+
+def test_every_figure_has_a_title_and_metric_display_names(tmp_path, monkeypatch):
+    saved = _captured_figures(monkeypatch)
+    methods = {"dense": "dense", "platon": "platon", "lpaf": "lpaf", "lpaf-no-sa-svd": "lpaf − sa-svd"}
+    table = _figure_table(methods, tasks=("mrpc", "stsb"))
+    metric_figure(table, "mrpc", tmp_path / "m1.png")
+    metric_figure(table, "stsb", tmp_path / "m2.png")
+    rank_figure(_rank_table(["platon"]), "mrpc", tmp_path / "rank.png")
+    ablation_figure(table, tmp_path / "ablation.png")
+    speedup_figure(table, tmp_path / "speedup.png")
+    mrpc, stsb, rank, ablation, speedup = saved
+    assert "MRPC" in _title(mrpc) and "STS-B" in _title(stsb)
+    assert "MRPC" in _title(rank) and "rank" in _title(rank).lower()
+    assert "ablation" in _title(ablation).lower() and "speed-up" in _title(speedup).lower()
+    assert mrpc.axes[0].get_ylabel() == "F1" and stsb.axes[0].get_ylabel() == "Pearson r"
+    assert rank.axes[0].get_ylabel() == "F1"
+    ticks = " ".join(t.get_text() for t in ablation.axes[0].get_xticklabels())
+    assert "MRPC" in ticks and "STS-B" in ticks and "Pearson r" in ticks  # task and its metric, not raw ids
+    for fig in saved:
+        for ax in fig.axes:
+            text = " ".join([ax.get_ylabel(), ax.get_xlabel()] + [t.get_text() for t in ax.get_xticklabels()])
+            for raw in ("×100", "pearson", "f1", "matthews_correlation", "headline"):
+                assert raw not in text, (raw, text)
+
+
+def _error_bars(fig) -> int:
+    """How many drawn error bars (segments with a finite length) the figure has."""
+    import numpy as np
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    n = 0
+    for ax in fig.axes:
+        for c in ax.containers:
+            bars = c if isinstance(c, ErrorbarContainer) else getattr(c, "errorbar", None) \
+                if isinstance(c, BarContainer) else None
+            if bars is None or not bars.has_yerr:
+                continue
+            for collection in bars.lines[2]:
+                n += sum(1 for seg in collection.get_segments() if len(seg) and np.all(np.isfinite(seg)))
+    return n
+
+
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_error_bars_only_with_two_seeds_or_more(tmp_path, monkeypatch, n_seeds):
+    saved = _captured_figures(monkeypatch)
+    table = _figure_table({"dense": "dense", "platon": "platon", "lpaf": "lpaf", "lpaf-no-sa-svd": "lpaf − sa-svd"},
+                          n_seeds=n_seeds)
+    metric_figure(table, "mrpc", tmp_path / "metric.png")
+    ablation_figure(table, tmp_path / "ablation.png")
+    rank_figure(_rank_table(["platon"], seeds=tuple(range(1, n_seeds + 1))), "mrpc", tmp_path / "rank.png")
+    for fig in saved:
+        if n_seeds == 1:
+            assert _error_bars(fig) == 0, _title(fig)
+        else:
+            assert _error_bars(fig) > 0, _title(fig)
