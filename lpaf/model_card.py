@@ -13,8 +13,13 @@ def _chain(record: dict[str, Any]) -> list[str]:
     if stage == "finetune":
         return [f"fine-tune {record.get('args', {}).get('model', '?')}"]
     if stage == "prune":
-        return [f"teacher {record.get('teacher', {}).get('path', '?')}",
-                f"prune: {method}, density {record.get('density')}"]
+        start = record.get("start", "finetuned")
+        source = record.get("args", {}).get("model", "?")
+        teacher = record.get("teacher") or {}
+        distil = "no distillation" if not teacher else (
+            "distilling from a frozen copy of it" if teacher.get("self_copy") else f"distilling from {teacher.get('path')}")
+        return [f"{'pre-trained' if start == 'pretrained' else 'fine-tuned'} model {source}",
+                f"prune: {method}, density {record.get('density')}, {distil}"]
     if stage == "factorize":
         src = "pruned model" if record.get("source_is_pruned") else "dense model"
         return [f"source: {src} {record.get('source_model', '?')}",

@@ -152,11 +152,12 @@ def test_teacher_with_wrong_label_count(tmp_path, glue_dir, capsys):
     assert _outputs_absent(tmp_path, out)
 
 
-def test_teacher_without_completion_record(tmp_path, glue_dir, capsys):
-    teacher = make_tiny_model(tmp_path / "teacher")  # no metrics.json: not a finished artifact
+def test_model_without_completion_record_is_a_pretrained_start_that_needs_a_teacher(tmp_path, glue_dir, capsys):
+    model = make_tiny_model(tmp_path / "teacher")  # no metrics.json: not an lpaf artifact, so a pre-trained start
     out = tmp_path / "pruned"
-    assert _run(["prune", "--model", teacher, "--task", "sst2", "--data", glue_dir, "--out", out, *QUICK]) == 2
-    assert "has no metrics.json" in capsys.readouterr().err
+    assert _run(["prune", "--model", model, "--task", "sst2", "--data", glue_dir, "--out", out, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "is a pre-trained model" in err and "pass --teacher DIR" in err and len(err.strip().splitlines()) == 1
     assert _outputs_absent(tmp_path, out)
 
 
