@@ -1,0 +1,279 @@
+"""The regime study (issue 29, point 4): does a learned first-order mask become low-rank when pruning
+runs in its references' regime — fine-pruning from the *pre-trained* model while distilling from a
+separately fine-tuned teacher (Sanh et al.; PLATON's scripts) — rather than continuing from the
+fine-tuned model with a frozen copy of itself as the teacher (this project's regime until now)?
+
+Every cell is one ``lpaf prune`` (full SST-2 training set, max length 64, batch 32, lr 3e-5,
+distillation α 0.9 from the teacher, cubic schedule with 10% / 20% warm-ups, fixed steps), then
+``study.py``'s ``analyse`` (dev score, mean numerical rank, 99%-energy rank, zero rows, overlap with
+the teacher's top-|W|), and the dev score right after factorization of the pruned model (sparsity-
+aware SVD at λ 1 and λ 0.5, fisher-sparsity-aware at λ 0.5; rank budget of the density).
+
+Criteria (the cells' names):
+- ``movement-sanh``: learned movement scores exactly as Sanh et al.: scores from 0, scores lr 1e-2;
+- ``platon-reference``: PLATON as its reference implementation runs it (``--platon-mode reference
+  --scope global``: ΔT = 10 window, per-task betas, re-masking to the end);
+- ``magnitude``: the zero-order control, in the same regime.
+Starts: ``pretrained`` (``--model`` the pre-trained MiniLM, ``--teacher`` the fine-tuned teacher) and
+``finetuned`` (``--model`` the teacher, distilling from a frozen copy of itself).
+
+Every finished cell is written to ``regime/<task>/<name>.json`` at once (commit them as they come),
+and a cell whose JSON exists is skipped, so rerunning the command continues where it stopped. The
+schedule study's committed from-fine-tuned cells (``schedule/sst2/``, same teacher and recipe) are
+read too (``--table``) and labelled with their own criterion names.
+
+Reproduce (teacher: the schedule study's, 1 epoch on the first 20,000 SST-2 sentences):
+
+    lpaf finetune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data ../shared/data \\
+        --max-length 64 --max-train-samples 20000 --epochs 1 --batch-size 32 --lr 3e-5 --seed 42 \\
+        --device cpu --out /tmp/lpaf_regime/teacher_sst2
+    python benchmarks/prune_study/regime_study.py --teacher /tmp/lpaf_regime/teacher_sst2 --jobs 2
+    python benchmarks/prune_study/regime_study.py --table --figure benchmarks/prune_study/regime_sst2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(HERE))
+
+CRITERION_FLAGS: dict[str, list[str]] = {
+    "movement-sanh": ["--method", "movement", "--score-init", "zeros", "--scores-lr", "1e-2"],
+    "platon-reference": ["--method", "platon", "--platon-mode", "reference", "--scope", "global"],
+    "magnitude": ["--method", "magnitude"],
+}
+STARTS = ("pretrained", "finetuned")
+# (criterion, start, density, steps, seed): the new regime first, each against its control.
+CELLS: list[tuple[str, str, float, int, int]] = [
+    ("platon-reference", "pretrained", 0.1, 1000, 42), ("movement-sanh", "pretrained", 0.1, 1000, 42),
+    ("platon-reference", "finetuned", 0.1, 1000, 42), ("magnitude", "pretrained", 0.1, 1000, 42),
+    ("movement-sanh", "finetuned", 0.1, 1000, 42),
+    *[(c, "pretrained", 0.1, 3000, 42) for c in ("platon-reference", "movement-sanh", "magnitude")],
+    *[(c, "pretrained", 0.25, 1000, 42) for c in ("platon-reference", "movement-sanh", "magnitude")],
+]
+# after pruning: (label, `lpaf factorize` flags); the rank budget of the pruned density
+FACTORIZATIONS: list[tuple[str, list[str]]] = [
+    ("sa-svd-l1", ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", "1.0"]),
+    ("sa-svd-l0.5", ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", "0.5"]),
+    ("fisher-sa-l0.5", ["--method", "fisher-sparsity-aware", "--pruned-weight", "0.5"]),
+]
+# the schedule study's from-fine-tuned cells that count here (same teacher, data and recipe)
+SCHEDULE_CELLS = {"movement": "movement-prior0.1", "platon": "platon-per-step", "magnitude": "magnitude",
+                  "platon-every10-zeroed": "platon-every10-zeroed"}
+
+
+def cell_name(task: str, criterion: str, start: str, density: float, steps: int, seed: int) -> str:
+    return f"{task}-{criterion}-{start}-d{density:g}-t{steps}-s{seed}"
+
+
+def prune_flags(args, criterion: str, start: str, density: float, steps: int, seed: int) -> list[str]:
+    model = ["--model", args.pretrained, "--teacher", args.teacher] if start == "pretrained" else ["--model", args.teacher]
+    return [*model, "--task", args.task, "--data", args.data, "--max-length", str(args.max_length),
+            "--max-steps", str(steps), "--batch-size", "32", "--lr", "3e-5", "--device", "cpu", "--seed", str(seed),
+            "--density", str(density), "--save-steps", "250", "--logging-steps", "50", *CRITERION_FLAGS[criterion]]
+
+
+def _run(cmd: list[str], log: Path, threads: int, nice: int) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(log, "a") as f:  # append: a resumed run keeps the earlier part of its log
+        return subprocess.run(["nice", "-n", str(nice), sys.executable, "-m", "lpaf.cli", *cmd], stdout=f,
+                              stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+
+
+def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
+    from study import analyse
+
+    criterion, start, density, steps, seed = cell
+    name = cell_name(args.task, *cell)
+    result_path = Path(args.results) / f"{name}.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    out = Path(args.work) / name
+    log = Path(args.work) / f"{name}.log"
+    flags = prune_flags(args, criterion, start, density, steps, seed)
+    if not (out / "metrics.json").is_file():
+        print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
+        if _run(["prune", *flags, "--out", str(out)], log, args.threads, args.nice) != 0:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} failed; see {log}", flush=True)
+            return None
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(args.threads)
+    teacher_sd = load_file(str(Path(args.teacher) / "model.safetensors"))
+    teacher_weights = {k[: -len(".weight")]: v for k, v in teacher_sd.items() if k.endswith(".weight")}
+    record = analyse(name, out, flags, teacher_weights)
+    metrics = json.loads((out / "metrics.json").read_text())
+    record |= {"criterion": criterion, "start": start, "steps": steps, "seed": seed, "task": args.task,
+               "teacher": str(args.teacher), "teacher_headline": json.loads(
+                   (Path(args.teacher) / "metrics.json").read_text())["headline"],
+               "platon": metrics.get("platon"), "prune_start": metrics.get("start"),
+               "magnitude_overlap_with_start": {k: v for k, v in (metrics.get("magnitude_overlap") or {}).items()
+                                                if k != "per_matrix"},
+               "after_factorization": {}}
+    for label, fflags in FACTORIZATIONS:
+        fout = Path(args.work) / f"{name}.{label}"
+        if not (fout / "metrics.json").is_file():
+            cmd = ["factorize", "--model", str(out), "--task", args.task, "--data", args.data, "--max-length",
+                   str(args.max_length), "--density", str(density), "--device", "cpu", "--seed", str(seed), *fflags,
+                   "--out", str(fout)]
+            if _run(cmd, Path(args.work) / f"{name}.{label}.log", args.threads, args.nice) != 0:
+                print(f"[{time.strftime('%H:%M:%S')}] {name} {label} failed", flush=True)
+                continue
+        frecord = json.loads((fout / "metrics.json").read_text())
+        record["after_factorization"][label] = {"headline": frecord["headline"], "metrics": frecord["metrics"],
+                                                "retained_percent": frecord.get("retained_percent")}
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    fact = ", ".join(f"{k} {v['headline']:.3f}" for k, v in record["after_factorization"].items())
+    print(f"[{time.strftime('%H:%M:%S')}] done {name}: dev {record['headline']:.4f} "
+          f"overlap {record['overlap_with_teacher_top_abs']:.3f} rank {record['rank']['mean_rank']:.1f} "
+          f"eff99 {record['rank']['mean_effective_rank_99']:.1f}; factorized: {fact} "
+          f"({record['wall_time_s'] / 60:.1f} min)", flush=True)
+    return record
+
+
+def load_records(results_dir: Path, schedule_dir: Path | None) -> list[dict]:
+    """This study's cells, plus the schedule study's from-fine-tuned cells (its own criterion names)."""
+    records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    if schedule_dir is not None and schedule_dir.is_dir():
+        for p in sorted(schedule_dir.glob("*.json")):
+            r = json.loads(p.read_text())
+            criterion = SCHEDULE_CELLS.get(r["study_method"])
+            if criterion is None:
+                continue
+            records.append(r | {"criterion": f"{criterion} (schedule study)", "start": "finetuned",
+                                "after_factorization": r.get("after_factorization", {})})
+    return records
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (start, criterion, density, steps): mean / sample std over seeds."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["start"], r["criterion"], r["density"], r["steps"]), []).append(r)
+    rows = []
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][3], kv[0][1])):
+        def stat(get):
+            vals = [v for v in (get(r) for r in rs) if v is not None]
+            if not vals:
+                return None
+            return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+        row = {"start": key[0], "criterion": key[1], "density": key[2], "steps": key[3], "n": len(rs),
+               "seeds": sorted(r["seed"] for r in rs),
+               "dev": stat(lambda r: r["headline"]),
+               "mean_rank": stat(lambda r: r["rank"]["mean_rank"]),
+               "eff99": stat(lambda r: r["rank"]["mean_effective_rank_99"]),
+               "overlap": stat(lambda r: r["overlap_with_teacher_top_abs"]),
+               "zero_rows": stat(lambda r: r["mean_zero_rows"])}
+        for label, _ in FACTORIZATIONS:
+            row[label] = stat(lambda r, label=label: (r.get("after_factorization", {}).get(label) or {}).get("headline"))
+        rows.append(row)
+    # the ratio of 99%-energy ranks to magnitude's in the same regime, density and length
+    for row in rows:
+        control = [c for c in rows if c["criterion"].startswith("magnitude") and c["start"] == row["start"]
+                   and c["density"] == row["density"] and c["steps"] == row["steps"]]
+        row["eff99_ratio_to_magnitude"] = (row["eff99"][0] / control[0]["eff99"][0]
+                                           if control and row["eff99"] else None)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def fmt(pair, digits):
+        if pair is None:
+            return "–"
+        mean, std = pair
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    head = ["start", "criterion", "density", "steps", "seeds", "dev acc", "mean rank", "99%-energy rank",
+            "ratio to magnitude", "magnitude overlap", "zero rows", *[f"after {label}" for label, _ in FACTORIZATIONS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ratio = "–" if r["eff99_ratio_to_magnitude"] is None else f"{r['eff99_ratio_to_magnitude']:.3f}"
+        cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]), str(r["n"]), fmt(r["dev"], 3),
+                 fmt(r["mean_rank"], 1), fmt(r["eff99"], 1), ratio, fmt(r["overlap"], 3), fmt(r["zero_rows"], 1),
+                 *[fmt(r[label], 3) for label, _ in FACTORIZATIONS]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["density"] == density and r["steps"] == steps]
+    labels = [f"{r['criterion']}\n{r['start']}" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    colors = ["#1f77b4" if r["start"] == "pretrained" else "#ff7f0e" for r in rows]
+    for ax, key, title in zip(axes, ("eff99", "overlap", "dev"),
+                              ("99%-energy rank (of 384)", "overlap with the teacher's top-|W|", "dev accuracy")):
+        ax.bar(range(len(rows)), [r[key][0] if r[key] else 0 for r in rows], color=colors)
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"MiniLM-L6, SST-2, density {density:g}, {steps:,} pruning steps: pre-trained start (blue) vs "
+                 f"fine-tuned start (orange)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--teacher", default="/tmp/lpaf_regime/teacher_sst2")
+    p.add_argument("--pretrained", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    p.add_argument("--data", default=str(SHARED / "data"))
+    p.add_argument("--work", default="/tmp/lpaf_regime/runs")
+    p.add_argument("--results", default=None, help="per-cell JSON folder (default: regime/<task>/ here)")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--only", nargs="*", help="run only these cell names, in this order")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once (each with --threads threads)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--nice", type=int, default=0)
+    p.add_argument("--table", action="store_true", help="print the table of every finished cell")
+    p.add_argument("--json", help="write the summary rows to this JSON file")
+    p.add_argument("--figure", help="draw the regime comparison (.png/.pdf)")
+    p.add_argument("--figure-density", type=float, default=0.1)
+    p.add_argument("--figure-steps", type=int, default=1000)
+    args = p.parse_args()
+    args.results = args.results or str(HERE / "regime" / args.task)
+
+    if not (args.table or args.figure or args.json):
+        cells = CELLS
+        if args.only:
+            by_name = {cell_name(args.task, *c): c for c in CELLS}
+            unknown = [n for n in args.only if n not in by_name]
+            if unknown:
+                print(f"error: --only: unknown cell {unknown[0]!r}; known: {', '.join(by_name)}", file=sys.stderr)
+                sys.exit(2)
+            cells = [by_name[n] for n in args.only]
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(lambda c: run_cell(args, c), cells))
+    rows = summarise(load_records(Path(args.results), HERE / "schedule" / args.task))
+    if args.table:
+        print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.figure:
+        figure(rows, args.figure, args.figure_density, args.figure_steps)
+
+
+if __name__ == "__main__":
+    main()
