@@ -541,7 +541,8 @@ def test_schema_and_cli_flags_agree(block):
     parser = build_parser(stage)
     sub = next(a for a in parser._actions if a.dest == "stage").choices[stage]
     flags = {a.dest for a in sub._actions if a.option_strings and a.dest != "help"}
-    assert keys - flags == set(), f"schema keys that `lpaf {stage}` does not accept"
+    # `start` is not a flag: it chooses the prune job's --model / --teacher (workflow/rules/common.smk)
+    assert keys - flags - {"start"} == set(), f"schema keys that `lpaf {stage}` does not accept"
     assert flags - keys - WORKFLOW_OWNED_FLAGS == set(), f"`lpaf {stage}` flags the config cannot set"
 
 
@@ -1021,3 +1022,34 @@ def test_mini_qa_config_plans_squad_through_the_chain(tmp_path):
                     f"data_dir={glue}", configfile=CONFIGS.get("mini_qa", REPO / "config" / "mini_qa.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(j["shell"] for j in planned_jobs(res.stdout)) == sorted(j["shell"] for j in jobs)
+
+
+def test_a_prune_setting_chooses_the_start_and_the_hash_tells_them_apart(tmp_path):
+    """start: pretrained prunes the pre-trained model and distils from the teacher (fine-pruning);
+    start: finetuned (said or not) prunes the teacher itself. Different artifacts, told apart by the hash."""
+    base = yaml.safe_load(CONFIGS["smoke"].read_text())
+    platon = {"method": "platon", "platon_mode": "reference", "scope": "global", "distill_alpha": 0.9}
+    prune = base["prune"] | {"fine": platon | {"start": "pretrained"}, "ft": platon | {"start": "finetuned"},
+                             "ft-implicit": dict(platon)}
+    methods = {"dense": {}, "fine": {"prune": "fine"}, "ft": {"prune": "ft"}, "ft-implicit": {"prune": "ft-implicit"}}
+    cfg = write_config(tmp_path, prune=prune, methods=methods, tasks=["mrpc"], rank_study={"enabled": False})
+    res = snakemake(tmp_path / "work", "-n", "-p", configfile=cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    prunes = {re.search(r"/(prune-[\w.+-]+)/metrics.json", j["output"]).group(1): j["shell"]
+              for j in planned_jobs(res.stdout) if j["rule"] == "prune"}
+    fine = [t for t in prunes if t.startswith("prune-fine-")]
+    ft = [t for t in prunes if t.startswith("prune-ft-")]
+    assert len(fine) == 1 and ft, prunes
+    teacher_dir = re.search(r"--model (\S+/dense-\w+) ", prunes[ft[0]]).group(1)
+    # fine-pruning: the pre-trained model is the student, the teacher distils
+    assert "--model resources/smoke/model " in prunes[fine[0]]
+    assert f"--teacher {teacher_dir} " in prunes[fine[0]]
+    assert "--platon-mode reference" in prunes[fine[0]] and "--start" not in prunes[fine[0]]
+    # fine-tuned start: the teacher is the student (self-copy teacher), no --teacher
+    assert "--teacher" not in prunes[ft[0]]
+    # the hashes: start: finetuned said explicitly is the default (one artifact), pretrained differs
+    hashes = {t.rsplit("-d", 1)[0].rsplit("-", 1)[1] for t in prunes}
+    ft_hash = ft[0].rsplit("-d", 1)[0].rsplit("-", 1)[1]
+    implicit = [t for t in prunes if t.startswith("prune-ft-implicit-")]
+    assert implicit and implicit[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] == ft_hash
+    assert fine[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] != ft_hash and len(hashes) == 2

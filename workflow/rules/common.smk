@@ -11,6 +11,8 @@ TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
 OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps",
                                "preprocessing_num_workers", "dataloader_num_workers", "report_to"})
+# Keys of a stage setting that are not flags of its command (they choose inputs; they still key the artifact).
+STAGE_ONLY_KEYS = frozenset({"start"})
 OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 # The paper's ablation rows (method keys): the ablation figure is drawn when a config has two of them.
 ABLATION_METHODS = ("lpaf", "lpaf-no-sa-svd", "lpaf-no-mixed-rank")
@@ -129,9 +131,34 @@ def stage_flags(family):
         name, density, flags = PLAN.stages[family][key]
         if density is not None:
             flags = flags | {"density": dtok(density)}
-        return to_flags(flags)
+        # `start` chooses --model / --teacher (prune_model_flags); it is not a flag of lpaf prune
+        return to_flags({k: v for k, v in flags.items() if k not in STAGE_ONLY_KEYS})
 
     return get
+
+
+def prune_start(wildcards):
+    """ "pretrained" (fine-pruning from the pre-trained model, distilling from the teacher) or "finetuned"."""
+    name, density, flags = PLAN.stages["prune"][(wildcards.task, wildcards.prune)]
+    return flags.get("start", "finetuned")
+
+
+def prune_inputs(wildcards):
+    """The teacher always (the start or the distillation source); the pre-trained model for a pre-trained start."""
+    teacher = f"{RESULTS}/{wildcards.model}/{wildcards.task}/s{wildcards.seed}/{wildcards.teacher}/metrics.json"
+    inputs = {"teacher": teacher}
+    if prune_start(wildcards) == "pretrained":
+        inputs["pretrained"] = model_input(wildcards)
+    return inputs
+
+
+def prune_model_flags(wildcards, input):
+    """--model (and --teacher) of a prune job: the teacher itself, or the pre-trained model with the teacher."""
+    teacher = shlex.quote(out_dir(input.teacher))
+    if prune_start(wildcards) != "pretrained":
+        return f"--model {teacher}"
+    revision = to_flags({"model_revision": config["model_revision"]})
+    return f"--model {shlex.quote(model_dir())} {revision} --teacher {teacher}".replace("  ", " ")
 
 
 def teacher_flags(wildcards):

@@ -78,6 +78,8 @@ class Plan:
     def _token(self, family, task, name=None, density=None):
         flags = self.settings(family, task, name)
         keyed = {k: v for k, v in flags.items() if k not in OPERATIONAL_FLAGS}
+        if keyed.get("start") == "finetuned":  # the default, said or not: one artifact
+            del keyed["start"]
         if family == "finetune":
             keyed["model_revision"] = self.cfg["model_revision"]
             return f"dense-{short_hash(keyed)}", flags

@@ -1,10 +1,12 @@
-# Stage 1: prune the teacher (movement / magnitude / soft movement / PLATON) to one density.
-# One per (task, seed, pruning setting, density), shared by every row that starts with it.
+# Stage 1: prune to one density (movement / magnitude / soft movement / PLATON). The setting's
+# `start` chooses the student: the teacher itself (finetuned, distilling from a frozen copy) or the
+# pre-trained model (pretrained: fine-pruning, distilling from the teacher). Either way the artifact
+# sits under its teacher, and `start` is part of its hash. One per (task, seed, setting, density).
 
 
 rule prune:
     input:
-        teacher=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/metrics.json",
+        unpack(prune_inputs),
     output:
         metrics=f"{RESULTS}/{{model}}/{{task}}/s{{seed}}/{{teacher}}/{{prune}}/metrics.json",
     log:
@@ -12,7 +14,7 @@ rule prune:
     benchmark:
         "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.benchmark.tsv",
     params:
-        teacher=lambda wildcards, input: out_dir(input.teacher),
+        model=prune_model_flags,
         data=lambda wildcards: data_flags(wildcards.task),
         flags=stage_flags("prune"),
         run=run_flags(),
@@ -26,5 +28,5 @@ rule prune:
     shell:
         f"{OFFLINE_ENV} LPAF_SIGNAL_BEFORE_END_S={{params.deadline}} OMP_NUM_THREADS={{threads}} "
         f"MKL_NUM_THREADS={{threads}} {train_launcher()} "
-        "prune --model {params.teacher} {params.data} --seed {wildcards.seed} "
+        "prune {params.model} {params.data} --seed {wildcards.seed} "
         "{params.flags} {params.run} --out {params.out} > {log} 2>&1"
