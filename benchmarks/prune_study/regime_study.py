@@ -7,7 +7,8 @@ Every cell is one ``lpaf prune`` (full SST-2 training set, max length 64, batch 
 distillation α 0.9 from the teacher, cubic schedule with 10% / 20% warm-ups, fixed steps), then
 ``study.py``'s ``analyse`` (dev score, mean numerical rank, 99%-energy rank, zero rows, overlap with
 the teacher's top-|W|), and the dev score right after factorization of the pruned model (sparsity-
-aware SVD at λ 1 and λ 0.5, fisher-sparsity-aware at λ 0.5; rank budget of the density).
+aware SVD and fisher-sparsity-aware SVD, each at λ ∈ {1, 0.5, 0.1, 0}: the λ sweep of point 6 before
+re-training; rank budget of the density).
 
 Criteria (the cells' names):
 - ``movement-sanh``: learned movement scores exactly as Sanh et al.: scores from 0, scores lr 1e-2;
@@ -63,10 +64,13 @@ CELLS: list[tuple[str, str, float, int, int]] = [
 ]
 # after pruning: (label, `lpaf factorize` flags); the rank budget of the pruned density
 FACTORIZATIONS: list[tuple[str, list[str]]] = [
-    ("sa-svd-l1", ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", "1.0"]),
-    ("sa-svd-l0.5", ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", "0.5"]),
-    ("fisher-sa-l0.5", ["--method", "fisher-sparsity-aware", "--pruned-weight", "0.5"]),
+    *[(f"sa-svd-l{lam:g}", ["--method", "sparsity-aware", "--weights", "mask", "--pruned-weight", str(lam)])
+      for lam in (1.0, 0.5, 0.1, 0.0)],
+    *[(f"fisher-sa-l{lam:g}", ["--method", "fisher-sparsity-aware", "--pruned-weight", str(lam)])
+      for lam in (1.0, 0.5, 0.1, 0.0)],
 ]
+# the λ sweep (issue 29 point 6) right after factorization: every cell gets every label above; a cell
+# whose JSON lacks some is completed from its pruned model (if the work folder still has it)
 # the schedule study's from-fine-tuned cells that count here (same teacher, data and recipe)
 SCHEDULE_CELLS = {"movement": "movement-prior0.1", "platon": "platon-per-step", "magnitude": "magnitude",
                   "platon-every10-zeroed": "platon-every10-zeroed"}
@@ -96,9 +100,15 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
     criterion, start, density, steps, seed = cell
     name = cell_name(args.task, *cell)
     result_path = Path(args.results) / f"{name}.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
     out = Path(args.work) / name
+    if result_path.is_file():
+        record = json.loads(result_path.read_text())
+        missing = [f for f in FACTORIZATIONS if f[0] not in record.get("after_factorization", {})]
+        if missing and (out / "metrics.json").is_file():
+            _factorize_all(args, record, name, out, density, seed, missing)
+            result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: added {', '.join(f[0] for f in missing)}", flush=True)
+        return record
     log = Path(args.work) / f"{name}.log"
     flags = prune_flags(args, criterion, start, density, steps, seed)
     if not (out / "metrics.json").is_file():
@@ -121,7 +131,21 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
                "magnitude_overlap_with_start": {k: v for k, v in (metrics.get("magnitude_overlap") or {}).items()
                                                 if k != "per_matrix"},
                "after_factorization": {}}
-    for label, fflags in FACTORIZATIONS:
+    _factorize_all(args, record, name, out, density, seed, FACTORIZATIONS)
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    fact = ", ".join(f"{k} {v['headline']:.3f}" for k, v in record["after_factorization"].items())
+    print(f"[{time.strftime('%H:%M:%S')}] done {name}: dev {record['headline']:.4f} "
+          f"overlap {record['overlap_with_teacher_top_abs']:.3f} rank {record['rank']['mean_rank']:.1f} "
+          f"eff99 {record['rank']['mean_effective_rank_99']:.1f}; factorized: {fact} "
+          f"({record['wall_time_s'] / 60:.1f} min)", flush=True)
+    return record
+
+
+def _factorize_all(args, record: dict, name: str, out: Path, density: float, seed: int,
+                   factorizations: list[tuple[str, list[str]]]) -> None:
+    """Factorize the pruned model with each setting and record the dev score right after (no training)."""
+    for label, fflags in factorizations:
         fout = Path(args.work) / f"{name}.{label}"
         if not (fout / "metrics.json").is_file():
             cmd = ["factorize", "--model", str(out), "--task", args.task, "--data", args.data, "--max-length",
@@ -131,16 +155,11 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
                 print(f"[{time.strftime('%H:%M:%S')}] {name} {label} failed", flush=True)
                 continue
         frecord = json.loads((fout / "metrics.json").read_text())
-        record["after_factorization"][label] = {"headline": frecord["headline"], "metrics": frecord["metrics"],
-                                                "retained_percent": frecord.get("retained_percent")}
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    fact = ", ".join(f"{k} {v['headline']:.3f}" for k, v in record["after_factorization"].items())
-    print(f"[{time.strftime('%H:%M:%S')}] done {name}: dev {record['headline']:.4f} "
-          f"overlap {record['overlap_with_teacher_top_abs']:.3f} rank {record['rank']['mean_rank']:.1f} "
-          f"eff99 {record['rank']['mean_effective_rank_99']:.1f}; factorized: {fact} "
-          f"({record['wall_time_s'] / 60:.1f} min)", flush=True)
-    return record
+        record.setdefault("after_factorization", {})[label] = {
+            "headline": frecord["headline"], "metrics": frecord["metrics"],
+            "retained_percent": frecord.get("retained_percent"),
+            "relative_error": {k: v for k, v in ((frecord.get("factorization") or {}).get("summary") or {}).items()
+                               if k.endswith("relative_error")}}
 
 
 def load_records(results_dir: Path, schedule_dir: Path | None) -> list[dict]:
@@ -191,6 +210,7 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """Two tables: the masks (dev, rank, overlap) and the dev score right after each factorization."""
     def fmt(pair, digits):
         if pair is None:
             return "–"
@@ -198,14 +218,23 @@ def markdown(rows: list[dict]) -> str:
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
     head = ["start", "criterion", "density", "steps", "seeds", "dev acc", "mean rank", "99%-energy rank",
-            "ratio to magnitude", "magnitude overlap", "zero rows", *[f"after {label}" for label, _ in FACTORIZATIONS]]
+            "ratio to magnitude", "magnitude overlap", "zero rows"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = "–" if r["eff99_ratio_to_magnitude"] is None else f"{r['eff99_ratio_to_magnitude']:.3f}"
         cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]), str(r["n"]), fmt(r["dev"], 3),
-                 fmt(r["mean_rank"], 1), fmt(r["eff99"], 1), ratio, fmt(r["overlap"], 3), fmt(r["zero_rows"], 1),
-                 *[fmt(r[label], 3) for label, _ in FACTORIZATIONS]]
+                 fmt(r["mean_rank"], 1), fmt(r["eff99"], 1), ratio, fmt(r["overlap"], 3), fmt(r["zero_rows"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
+    labels = [label for label, _ in FACTORIZATIONS]
+    fact_rows = [r for r in rows if any(r[label] for label in labels)]
+    if fact_rows:
+        head = ["start", "criterion", "density", "steps", "pruned", *labels]
+        lines += ["", "Dev accuracy right after factorization (no re-training), rank budget of the density:", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in fact_rows:
+            cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]), fmt(r["dev"], 3),
+                     *[fmt(r[label], 3) for label in labels]]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
