@@ -84,6 +84,53 @@ def read_json(path: str | Path) -> Any:
         raise LpafError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+# Leave room in a file name for the temporary sibling lpaf writes first (".<name>.partial-<pid>").
+_TEMP_NAME_ROOM = 24
+
+
+def check_output_path(path: str | Path, kind: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be written: one line naming the reason.
+
+    ``kind`` is "dir" (an artifact directory) or "file" (a JSON / ONNX file). Checked: a usable name,
+    an existing entry of the other kind, a parent chain that holds a regular file, and whether the
+    nearest existing directory lets this process create a file (tried with a temporary file, removed
+    at once: ``os.access`` says yes to root even where writing fails). Nothing is left behind.
+    """
+    import errno
+    import tempfile
+
+    text = str(path)
+    if not text or "\0" in text:
+        raise LpafError(f"{flag} {text!r} is not a valid path")
+    p = Path(os.path.abspath(text))
+    try:
+        name_max = os.pathconf(p.anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in p.parts[1:]:
+        limit = name_max - (_TEMP_NAME_ROOM if part == p.name else 0)
+        if len(os.fsencode(part)) > limit:
+            raise LpafError(f"{flag} {text}: the name {part[:20]}… is too long ({len(os.fsencode(part))} bytes; at most "
+                            f"{limit} here)")
+    if p.exists():
+        if kind == "dir" and not p.is_dir():
+            raise LpafError(f"{flag} {text} exists and is not a directory; expected an output directory")
+        if kind == "file" and p.is_dir():
+            raise LpafError(f"{flag} {text} is a directory; expected a file")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LpafError(f"{flag} {text}: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".lpaf-write-check-")
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno not in (errno.ENOENT,) else "the file system accepts no new files"
+        raise LpafError(f"{flag} {text}: cannot write in {ancestor} ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def is_complete(directory: str | Path) -> bool:
     return (Path(directory) / METRICS_FILE).is_file()
 

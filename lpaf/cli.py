@@ -48,6 +48,10 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                "write a dense, pruned or factorized model as ONNX (factorized layers stay two thin products)"),
 }
 RUNNERS = {"plan": "run_plan", "calibrate": "run_calibrate"}  # stages whose module holds more than one command
+# Output flags checked before any work (writable, a valid path, not an entry of the other kind): flag -> kind
+# per stage; every other stage's --out is an artifact directory.
+OUTPUT_FILES = {"evaluate": {"out": "file"}, "export": {"out": "file"}, "rank-study": {"out": "file"},
+                "time-models": {"out": "file"}, "calibrate": {"out": "file"}, "plan": {"json": "file"}}
 SHARED = {"DataArgs": "lpaf.stages.common", "RunArgs": "lpaf.stages.common", "TrainArgs": "lpaf.training"}
 
 
@@ -119,6 +123,16 @@ def _construct(cls, ns: argparse.Namespace):
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
 
+def _check_outputs(ns: argparse.Namespace) -> None:
+    """An unwritable or invalid output path fails in one line before the stage starts any work."""
+    from lpaf.artifacts import check_output_path
+
+    for dest, kind in OUTPUT_FILES.get(ns.stage, {"out": "dir"}).items():
+        value = getattr(ns, dest, None)
+        if value is not None:
+            check_output_path(value, kind, flag=f"--{dest}")
+
+
 def _quiet_libraries() -> None:
     """Progress bars of weight loading/saving would bury our one-line messages in stderr."""
     import os
@@ -143,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.stage is None:
             parser.print_help()
             return 2
+        _check_outputs(ns)  # before the arguments' own checks, which may already load files
         module, cls_name, shared, _, _ = STAGES[ns.stage]
         objs = [_construct(_load(module, cls_name), ns)] + [_construct(_load(SHARED[s], s), ns) for s in shared]
         _load(module, RUNNERS.get(ns.stage, "run"))(*objs)

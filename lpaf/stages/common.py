@@ -181,6 +181,26 @@ def is_lowrank_dir(path: str | Path) -> bool:
         raise LpafError(f"{cfg} is not valid JSON") from None
 
 
+def check_recorded_task(path: str | Path, task: TaskSpec) -> None:
+    """An lpaf artifact records its task (metrics.json "task"): refuse it for another task.
+
+    Two tasks with the same label count (MRPC and SST-2) would otherwise load, score and train
+    without complaint, and the numbers would mean nothing."""
+    from lpaf.artifacts import read_json
+
+    record = read_json(Path(path) / METRICS_FILE)
+    recorded = record.get("task") if isinstance(record, dict) else None
+    if not recorded:
+        return  # e.g. a fetched pre-trained model: no task yet
+    try:
+        recorded_name = get_task(str(recorded)).name
+    except LpafError:
+        recorded_name = str(recorded)
+    if recorded_name != task.name:
+        raise LpafError(f"{path} was trained on task {recorded_name!r} (its {METRICS_FILE}), not {task.name!r}; "
+                        f"pass --task {recorded_name}, or a model trained on {task.name}")
+
+
 def load_tokenizer(path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -209,6 +229,7 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
 
     if expect != "pretrained":
         require_complete(path, "model")
+        check_recorded_task(path, task)
     check_model_dir(path)
     factorized = Path(path).is_dir() and is_lowrank_dir(path)
     if expect == "factorized" and not factorized:

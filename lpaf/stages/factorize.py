@@ -34,7 +34,10 @@ class FactorizeArgs:
     method: Literal["svd", "fwsvd", "sparsity-aware", "importance-row-svd", "fisher-sparsity-aware"] = field(
         default="svd", metadata={"help": "factorizer (fisher-sparsity-aware: sparsity-aware SVD with entry weights "
                                          "sqrt(Fisher line weight) x mask weight; not in the paper)"})
-    density: float = field(default=0.25, metadata={"help": "fraction of encoder linear weights retained, in (0, 1]"})
+    density: float = field(default=0.25, metadata={
+        "help": "fraction of encoder linear weights retained, in (0, 1]. Above the density a pruned --model was "
+                "pruned to, a warning (not a refusal): the factors then store more weights than the pruned model "
+                "keeps, which is a valid experiment (how much a larger rank budget recovers) but usually a typo"})
     rank_rule: Literal["budget", "nnz"] = field(
         default="budget", metadata={"help": "rank = floor(p*m*n/(m+n)) (budget) or floor(nnz/(m+n)) of the pruned matrix"})
     weights: Literal["mask", "importance"] = field(
@@ -133,6 +136,7 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     seed_everything(run_args.seed)
     # validate everything that can be checked before heavy work
     model = load_model(args.model, task, expect="dense")
+    _warn_above_pruned_density(src, args.density)
     needs_fisher = args.method in ("fwsvd", "fisher-sparsity-aware")
     needs_masks = args.method in ("sparsity-aware", "importance-row-svd", "fisher-sparsity-aware") \
         or args.rank_rule == "nnz"
@@ -200,6 +204,21 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
         save_file({n: w.contiguous() for n, w in source.items()}, str(tmp / SOURCE_FILE))
         write_completion(tmp, record)  # README.md, then metrics.json last
     return record
+
+
+def _warn_above_pruned_density(src: Path, density: float) -> None:
+    """A factorization that keeps more weights than its pruned source: said before the work, with the reason."""
+    import sys
+
+    from lpaf.artifacts import read_json
+
+    record = read_json(src / "metrics.json")
+    pruned = record.get("density") if isinstance(record, dict) and record.get("stage") == "prune" else None
+    if isinstance(pruned, (int, float)) and density > pruned + 1e-9:
+        sys.stderr.write(f"lpaf factorize: warning: --density {density:g} is above the density of the pruned model "
+                         f"{src} ({pruned:g}): its factors store more weights than the pruned model keeps, so it "
+                         f"compresses less than its source; factorize at --density {pruned:g} or less for a smaller "
+                         f"model\n")
 
 
 def _masked_relative_error(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, keep: torch.Tensor) -> float:
