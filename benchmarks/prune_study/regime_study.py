@@ -59,6 +59,8 @@ CELLS: list[tuple[str, str, float, int, int]] = [
     ("platon-reference", "pretrained", 0.1, 1000, 42), ("movement-sanh", "pretrained", 0.1, 1000, 42),
     ("platon-reference", "finetuned", 0.1, 1000, 42), ("magnitude", "pretrained", 0.1, 1000, 42),
     ("movement-sanh", "finetuned", 0.1, 1000, 42),
+    *[(c, "pretrained", 0.1, 1000, seed) for seed in (43, 44) for c in ("platon-reference", "magnitude")],
+    *[("platon-reference", "finetuned", 0.1, 1000, seed) for seed in (43, 44)],
     *[(c, "pretrained", 0.1, 3000, 42) for c in ("platon-reference", "movement-sanh", "magnitude")],
     *[(c, "pretrained", 0.25, 1000, 42) for c in ("platon-reference", "movement-sanh", "magnitude")],
 ]
