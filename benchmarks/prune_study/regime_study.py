@@ -105,7 +105,8 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
     out = Path(args.work) / name
     if result_path.is_file():
         record = json.loads(result_path.read_text())
-        missing = [f for f in FACTORIZATIONS if f[0] not in record.get("after_factorization", {})]
+        missing = [f for f in FACTORIZATIONS if f[0] not in record.get("after_factorization", {})
+                   and (not args.factorizations or f[0] in args.factorizations)]
         if missing and (out / "metrics.json").is_file():
             _factorize_all(args, record, name, out, density, seed, missing)
             result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -133,7 +134,8 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
                "magnitude_overlap_with_start": {k: v for k, v in (metrics.get("magnitude_overlap") or {}).items()
                                                 if k != "per_matrix"},
                "after_factorization": {}}
-    _factorize_all(args, record, name, out, density, seed, FACTORIZATIONS)
+    chosen = [f for f in FACTORIZATIONS if not args.factorizations or f[0] in args.factorizations]
+    _factorize_all(args, record, name, out, density, seed, chosen)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     fact = ", ".join(f"{k} {v['headline']:.3f}" for k, v in record["after_factorization"].items())
@@ -276,6 +278,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each with --threads threads)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nice", type=int, default=0)
+    p.add_argument("--factorizations", nargs="*", help="factorize new cells with only these labels (default: all; "
+                   "a rerun without this flag completes the rest)")
     p.add_argument("--table", action="store_true", help="print the table of every finished cell")
     p.add_argument("--json", help="write the summary rows to this JSON file")
     p.add_argument("--figure", help="draw the regime comparison (.png/.pdf)")
@@ -283,6 +287,11 @@ def main() -> None:
     p.add_argument("--figure-steps", type=int, default=1000)
     args = p.parse_args()
     args.results = args.results or str(HERE / "regime" / args.task)
+    unknown = [f for f in args.factorizations or [] if f not in dict(FACTORIZATIONS)]
+    if unknown:
+        print(f"error: --factorizations: unknown label {unknown[0]!r}; known: {', '.join(dict(FACTORIZATIONS))}",
+              file=sys.stderr)
+        sys.exit(2)
 
     if not (args.table or args.figure or args.json):
         cells = CELLS
