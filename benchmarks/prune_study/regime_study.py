@@ -295,23 +295,29 @@ def markdown(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
+    """Horizontal bars per (criterion, start): 99%-energy rank, overlap with top-|W|, dev accuracy;
+    error bars (sample std over seeds) only where a row has two seeds or more."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["density"] == density and r["steps"] == steps]
-    labels = [f"{r['criterion']}\n{r['start']}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    rows = [r for r in rows if r["density"] == density and r["steps"] in (0, steps)]  # 0: the one-shot controls
+    labels = [f"{r['criterion']} · {r['start']}" + (f" (n={r['n']})" if r["steps"] else "") for r in rows]
     colors = ["#1f77b4" if r["start"] == "pretrained" else "#ff7f0e" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.42 * len(rows) + 1.6), sharey=True)
     for ax, key, title in zip(axes, ("eff99", "overlap", "dev"),
-                              ("99%-energy rank (of 384)", "overlap with the teacher's top-|W|", "dev accuracy")):
-        ax.bar(range(len(rows)), [r[key][0] if r[key] else 0 for r in rows], color=colors)
-        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
+                              ("99%-energy rank (of 384)", "overlap with the teacher's top-|W|", "SST-2 dev accuracy")):
+        y = list(range(len(rows)))
+        widths = [r[key][0] if r[key] else float("nan") for r in rows]  # no bar where not measured
+        errors = [r[key][1] if r[key] and r[key][1] is not None else 0.0 for r in rows]
+        ax.barh(y, widths, xerr=[e if e else None for e in errors] if any(errors) else None, capsize=3, color=colors)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"MiniLM-L6, SST-2, density {density:g}, {steps:,} pruning steps: pre-trained start (blue) vs "
-                 f"fine-tuned start (orange)", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"MiniLM-L6, SST-2, density {density:g}, {steps:,} pruning steps (one-shot magnitude: no training): "
+                 f"pre-trained start (blue) vs fine-tuned start (orange)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     print(f"wrote {path}")
