@@ -4,14 +4,18 @@
 so an m x n matrix costs r(m+n) weights.
 
 A compressed model directory holds
-- ``config.json``: the transformers config plus ``"lpaf_lowrank": {"ranks": {module: rank}}``;
+- ``config.json``: the transformers config plus ``"lpaf_lowrank": {"ranks": {module: rank},
+  "base_model_type": "bert"}``, with ``model_type`` set to ``lpaf_lowrank``;
 - ``model.safetensors``: the factors ``<module>.A.weight``, ``<module>.A.bias``, ``<module>.B.weight``
   of every swapped module and every other weight of the model — never a full-rank matrix of a
   swapped module.
 
 :func:`load_model` rebuilds such a directory (and loads plain Hugging Face directories) without
-pickle and without remote code. Note that ``AutoModel*.from_pretrained`` on a low-rank directory
-would silently re-initialise the swapped modules; always load them with :func:`load_model`.
+pickle and without remote code. ``model_type: lpaf_lowrank`` is what keeps plain transformers from
+loading it wrong: ``AutoConfig`` / ``AutoModel*.from_pretrained`` and ``pipeline`` refuse a model type
+they do not know (a ValueError naming ``lpaf_lowrank``), where the base model's type would have
+"loaded" the directory with randomly initialised swapped modules. Directories written before
+(``model_type`` of the base model beside the rank section) still load here.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from lpaf.modules import find_encoder_linears, linear_weight
 logger = logging.getLogger(__name__)
 
 LOWRANK_CONFIG_KEY = "lpaf_lowrank"
+LOWRANK_MODEL_TYPE = "lpaf_lowrank"  # unknown to transformers' Auto classes: they refuse the directory
 LOWRANK_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -290,7 +295,9 @@ def save_lowrank_model(model: nn.Module, out_dir: str | Path, tokenizer: Any = N
     out_dir.mkdir(parents=True, exist_ok=True)
     config_dict = json.loads(config.to_json_string(use_diff=False))
     config_dict["architectures"] = [type(model).__name__]
-    config_dict[LOWRANK_CONFIG_KEY] = {"format_version": LOWRANK_FORMAT_VERSION, "ranks": ranks}
+    config_dict[LOWRANK_CONFIG_KEY] = {"format_version": LOWRANK_FORMAT_VERSION, "ranks": ranks,
+                                       "base_model_type": config_dict.get("model_type")}
+    config_dict["model_type"] = LOWRANK_MODEL_TYPE
     # save_model de-duplicates tied tensors, which save_file would refuse.
     safetensors.torch.save_model(model, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     write_json(out_dir / CONFIG_FILE, config_dict)
@@ -377,16 +384,50 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
         if not factor_ranks:
             return _load_plain_checked(path, auto_cls, kwargs)
         ranks, rank_source = factor_ranks, f"the factor shapes in {path / WEIGHTS_FILE}"
+        config = _plain_config(path, config_path)
     else:
         ranks, rank_source = _parse_ranks(config_dict[LOWRANK_CONFIG_KEY], config_path), str(config_path)
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise LpafError(f"{config_path} is not a valid transformers config ({str(e).splitlines()[0]})") from None
+        config = base_config(config_dict, config_path)
     model = auto_cls.from_config(config, **kwargs)
     install_lowrank_modules(model, ranks, source=rank_source)
     _load_safetensors_strict(model, path / WEIGHTS_FILE)
     return model.eval()
+
+
+def _plain_config(path: Path, config_path: Path):
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise LpafError(f"{config_path} is not a valid transformers config ({str(e).splitlines()[0]})") from None
+
+
+def base_config(config_dict: dict, config_path: str | Path):
+    """The base model's transformers config of a low-rank ``config.json`` (either format)."""
+    from transformers import CONFIG_MAPPING
+
+    section = config_dict.get(LOWRANK_CONFIG_KEY) or {}
+    base_type = section.get("base_model_type") or config_dict.get("model_type")
+    if base_type == LOWRANK_MODEL_TYPE or base_type not in CONFIG_MAPPING:
+        raise LpafError(f"{config_path}: base model type {base_type!r} is not a transformers model type "
+                        f"({LOWRANK_CONFIG_KEY}.base_model_type)")
+    plain = {k: v for k, v in config_dict.items() if k not in (LOWRANK_CONFIG_KEY, "model_type")}
+    try:
+        return CONFIG_MAPPING[base_type].from_dict(plain)
+    except (TypeError, ValueError) as e:
+        raise LpafError(f"{config_path} is not a valid {base_type} config ({str(e).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path):
+    """The transformers config of any model directory lpaf reads (for a low-rank one, its base model's)."""
+    from lpaf.artifacts import read_json
+
+    config_path = Path(path) / CONFIG_FILE
+    config_dict = read_json(config_path)
+    if LOWRANK_CONFIG_KEY in config_dict:
+        return base_config(config_dict, config_path)
+    return _plain_config(Path(path), config_path)
 
 
 def _ranks_from_factor_shapes(weights_path: Path) -> dict[str, int]:

@@ -22,7 +22,7 @@ class TaskSpec:
     dev_splits: tuple[str, ...] = ("validation",)
     hub_path: str = "nyu-mll/glue"  # the current hub id (the bare "glue" alias is legacy)
     hub_config: str | None = None
-    label_names: tuple[str, ...] = field(default_factory=tuple)
+    label_names: tuple[str, ...] = field(default_factory=tuple)  # GLUE's names, in label-id order
 
     @property
     def is_regression(self) -> bool:
@@ -37,6 +37,14 @@ class TaskSpec:
         if len(self.dev_splits) == 1:
             return list(self.metrics)
         return [f"{split}_{m}" for split in self.dev_splits for m in self.metrics]
+
+    def id2label(self) -> dict[int, str]:
+        """Output index -> name, as transformers configs carry it (``pipeline`` prints these names):
+        GLUE's label names; the regression output's name; nothing for QA (start/end logits)."""
+        return {} if self.is_qa else dict(enumerate(self.label_names))
+
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label().items()}
 
     @property
     def headline_key(self) -> str:
@@ -53,7 +61,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("mrpc", "classification", ("sentence1", "sentence2"), 2, ("f1", "accuracy"), "f1",
                  hub_config="mrpc", label_names=("not_equivalent", "equivalent")),
         TaskSpec("stsb", "regression", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"),
-                 "pearson", hub_config="stsb"),
+                 "pearson", hub_config="stsb", label_names=("similarity",)),  # the one output's name
         TaskSpec("qqp", "classification", ("question1", "question2"), 2, ("accuracy", "f1"),
                  "accuracy", hub_config="qqp", label_names=("not_duplicate", "duplicate")),
         TaskSpec("mnli", "classification", ("premise", "hypothesis"), 3, ("accuracy",), "accuracy",

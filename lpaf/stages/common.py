@@ -238,7 +238,12 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
     if expect == "dense" and factorized:
         raise LpafError(f"{path} is already factorized; pass a dense fine-tuned or pruned model")
     try:
-        config = AutoConfig.from_pretrained(path, revision=revision)
+        if factorized:  # model_type lpaf_lowrank, which AutoConfig refuses by design: its base config
+            from lpaf.lowrank import load_config
+
+            config = load_config(path)
+        else:
+            config = AutoConfig.from_pretrained(path, revision=revision)
     except OSError as e:
         raise LpafError(_load_failure_message(path, "model", e)) from None
     if expect != "pretrained" and num_labels_check and not task.is_qa:
@@ -248,7 +253,7 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
     if factorized:
         from lpaf.lowrank import load_model as load_lowrank
 
-        return load_lowrank(path)
+        return name_labels(load_lowrank(path), task)
     import torch
 
     # fp32 master weights whatever the checkpoint stores (transformers 5 loads dtype "auto": an fp16 or
@@ -267,6 +272,16 @@ def load_model(path: str, task: TaskSpec, revision: str | None = None, expect: s
     from lpaf.modules import find_encoder_linears
 
     find_encoder_linears(model)  # fail early on models we cannot compress
+    return name_labels(model, task)
+
+
+def name_labels(model: nn.Module, task: TaskSpec) -> nn.Module:
+    """The task's label names in the model's config (saved with every artifact), so `pipeline` and
+    other readers print "equivalent" rather than LABEL_1."""
+    names = task.id2label()
+    if names and getattr(model, "config", None) is not None:
+        model.config.id2label = dict(names)
+        model.config.label2id = task.label2id()
     return model
 
 
@@ -390,8 +405,10 @@ def stage_metrics(stage: str, task: TaskSpec, metrics: dict[str, float], model: 
 
 def write_completion(directory: Path, record: dict[str, Any]) -> None:
     """The model card (README.md), then metrics.json: the completion record, always written last."""
-    from lpaf.model_card import model_card
+    from lpaf.model_card import base_model_of, model_card
 
+    if "base_model" not in record:  # the hub model the chain started from, carried down every stage
+        record["base_model"] = base_model_of((record.get("args") or {}).get("model"))
     (directory / "README.md").write_text(model_card(record), encoding="utf-8")
     write_json(directory / METRICS_FILE, record)
 

@@ -3,6 +3,9 @@
 Writes ``--out`` (atomically) and ``<out>.json``: the model, the head's outputs, the opset, the
 number of factor matrices kept as thin products in the graph, and the ONNX Runtime parity
 (max |Δ| against PyTorch in fp32 on inputs of two lengths; the export fails above ``--tolerance``).
+Beside the graph go ``config.json`` (the base model's plain config with the label names: the graph
+holds the factors itself) and the model's tokenizer, the layout ONNX runtimes such as optimum's
+``ORTModelFor*`` load (``model.onnx`` is their default file name).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from lpaf.errors import LpafError
 class ExportArgs:
     model: str = field(metadata={"help": "model directory: an lpaf artifact (dense, pruned, factorized) or any "
                                          "BERT-family classification / QA checkpoint"})
-    out: str = field(metadata={"help": "output file (.onnx)"})
+    out: str = field(metadata={"help": "output file (.onnx), in a directory of its own: config.json and the "
+                                       "tokenizer are written beside it (e.g. mrpc-onnx/model.onnx)"})
     format: Literal["onnx"] = field(default="onnx", metadata={"help": "export format"})
     opset: int = field(default=18, metadata={"help": "ONNX opset version"})
     tolerance: float = field(default=1e-4, metadata={"help": "largest accepted max |ONNX - PyTorch| (fp32)"})
@@ -36,12 +40,41 @@ class ExportArgs:
             raise LpafError("; ".join(problems))
 
 
+def _check_target_dir(directory: Path) -> None:
+    """config.json beside the graph would overwrite a model directory's own (for a factorized artifact,
+    with a config that plain transformers would load with random factors): refuse such a directory."""
+    if (directory / "config.json").is_file() and (any(directory.glob("*.safetensors"))
+                                                  or (directory / "metrics.json").is_file()):
+        raise LpafError(f"--out's directory {directory} holds a model (config.json with weights); the export writes "
+                        f"its own config.json and tokenizer beside the graph: give it a directory of its own, "
+                        f"e.g. --out {directory / 'onnx' / 'model.onnx'}")
+
+
+def write_companions(model, model_dir: str, directory: Path) -> dict:
+    """config.json (plain, with the label names) and the tokenizer of ``model_dir`` beside the graph."""
+    import sys
+
+    from transformers import AutoTokenizer
+
+    model.config.save_pretrained(directory)
+    try:
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(directory)
+        tokenizer = True
+    except (OSError, ValueError, TypeError) as e:
+        sys.stderr.write(f"lpaf export: warning: no tokenizer written beside the graph ({model_dir}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); runtimes that load a directory "
+                         f"need one\n")
+        tokenizer = False
+    return {"config": str(directory / "config.json"), "tokenizer": tokenizer}
+
+
 def run(args: ExportArgs) -> dict:
     import torch
 
     from lpaf import load_model
     from lpaf.export import atomic_export, example_inputs, factor_shapes_in_graph, head_outputs, onnx_parity
 
+    _check_target_dir(Path(args.out).parent)
     model = load_model(args.model)
     head_outputs(model)  # unsupported heads fail here, before any file is written
     torch.manual_seed(0)
@@ -58,6 +91,7 @@ def run(args: ExportArgs) -> dict:
     except BaseException:
         out.unlink(missing_ok=True)
         raise
+    record.update(write_companions(model, args.model, out.parent))
     Path(f"{out}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"lpaf export: {out} ({record['bytes'] / 1e6:.1f} MB), max |ONNX - PyTorch| {parity:.2e}, "
           f"{record['factor_matrices_in_graph']}/{record['factor_matrices']} factor matrices kept thin")
