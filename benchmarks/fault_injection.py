@@ -11,8 +11,8 @@
    session gets when it is closed or preempted); and the timing job (``lpaf time-models``) once
    where the config has one. Then it runs the same command again — the recovery
    README.md / workflow/README.md document: no extra flag; the workflow profile has
-   ``rerun-incomplete`` — until Snakemake exits 0 with ``results/table.csv`` written, counting reruns.
-3. Compares ``results/table.csv`` and ``results/runs.csv`` (and ``rank_study.csv``) of the two runs,
+   ``rerun-incomplete`` — until Snakemake exits 0 with ``results/<experiment>/table.csv`` written, counting reruns.
+3. Compares ``table.csv`` and ``runs.csv`` (and ``rank_study.csv``) of ``results/<experiment>/`` of the two runs,
    every column except the timing ones (see ``TIMING_COLUMNS``); compares the dev metrics of every
    artifact and the bytes of every weight file; checks that no ``.partial-*`` / ``.old-*`` /
    checkpoint directory or Snakemake incomplete marker is left. Writes JSON and prints a summary.
@@ -568,6 +568,12 @@ def main(argv=None) -> int:
     root = Path(args.workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     clean, faulted = root / "clean", root / "faulted"
+    from lpaf.report import experiment_name
+
+    import yaml
+
+    # the experiment's own outputs (table, runs, rank study) are under results/<experiment>/
+    experiment = experiment_name((yaml.safe_load(config.read_text()) or {}).get("name"), str(config))
     rng = random.Random(args.seed)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -594,7 +600,7 @@ def main(argv=None) -> int:
 
     # 1. clean run
     clean_info = clean / ".fault_injection_clean.json"
-    if args.reuse_clean and clean_info.is_file() and (clean / "results" / "table.csv").is_file():
+    if args.reuse_clean and clean_info.is_file() and (clean / "results" / experiment / "table.csv").is_file():
         clean_run = json.loads(clean_info.read_text())
         print(f"clean run reused from {clean} ({clean_run['wall_s']} s)", flush=True)
     else:
@@ -633,7 +639,7 @@ def main(argv=None) -> int:
         runs.append({k: v for k, v in r.items() if k != "jobs"})
         print(f"  invocation {i}: exit {r['returncode']}, {r['wall_s']} s, {r['jobs_completed']} jobs completed, "
               f"{r['kills']} kills", flush=True)
-        if r["returncode"] == 0 and (faulted / "results" / "table.csv").is_file():
+        if r["returncode"] == 0 and (faulted / "results" / experiment / "table.csv").is_file():
             completed = True
             break
     faulted_wall = time.time() - t_faulted
@@ -656,7 +662,7 @@ def main(argv=None) -> int:
     }
 
     # 3. compare
-    comparison = {f: compare_csv(clean / "results" / f, faulted / "results" / f)
+    comparison = {f: compare_csv(clean / "results" / experiment / f, faulted / "results" / experiment / f)
                   for f in ("table.csv", "runs.csv", "rank_study.csv")}
     comparison["excluded_columns_why"] = {c: TIMING_COLUMNS.get(c, "a wall-clock time") for c in sorted(
         {c for f in ("table.csv", "runs.csv") for c in comparison[f].get("columns_excluded", [])})}

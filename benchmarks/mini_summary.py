@@ -1,6 +1,7 @@
 """Collect a finished mini reproduction run into benchmarks/results/mini/, one (seed, task) at a time.
 
-For every seed and task of the workflow's results/runs.csv it writes `seeds/s<seed>/<task>/`
+For every seed and task of the experiment's results/<experiment>/runs.csv (config/mini.yaml: results/mini/;
+a run of the older layout: results/runs.csv) it writes `seeds/s<seed>/<task>/`
 (that run's rows, rank-study rows, `after_factorization.csv`: the dev scores each factorized model
 starts re-training from, and `run_info.json`: command, config file and digest, commit,
 machine, and the wall time per stage summed from the run's artifacts' `metrics.json` / `eval.json` /
@@ -97,6 +98,20 @@ def after_factorization(results: Path, seed: int | str, task: str, chains: set[s
     return rows
 
 
+def experiment_dir(results: Path, config: Path) -> Path:
+    """Where the workflow wrote the experiment's runs.csv and rank_study.csv: results/<experiment>/
+    (`name:`, else the config file's stem), or results/ itself for a run made before experiments had
+    their own directory."""
+    import yaml
+
+    sys.path.insert(0, str(REPO))
+    from lpaf.report import experiment_name
+
+    experiment = experiment_name((yaml.safe_load(config.read_text()) or {}).get("name"), str(config))
+    own = results / experiment
+    return own if (own / "runs.csv").is_file() or not (results / "runs.csv").is_file() else results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snakemake-wall-s", type=float, default=None,
@@ -131,9 +146,10 @@ def main() -> int:
     if not config.is_file():
         print(f"mini_summary: --config {args.config}: no such file under {workdir}", file=sys.stderr)
         return 2
-    missing = [name for name in COPY if not (results / name).is_file()]
+    tables = experiment_dir(results, config)
+    missing = [name for name in COPY if not (tables / name).is_file()]
     if missing:
-        print(f"mini_summary: {results / missing[0]} is missing: the workflow has not finished "
+        print(f"mini_summary: {tables / missing[0]} is missing: the workflow has not finished "
               "(rerun benchmarks/mini_reproduction.sh)", file=sys.stderr)
         return 2
     try:
@@ -145,8 +161,8 @@ def main() -> int:
 
     from mini_aggregate import config_digest
 
-    runs = pd.read_csv(results / "runs.csv")
-    ranks = pd.read_csv(results / "rank_study.csv")
+    runs = pd.read_csv(tables / "runs.csv")
+    ranks = pd.read_csv(tables / "rank_study.csv")
     done = []
     for (seed, task), rows in runs.groupby(["seed", "task"]):
         d = out / "seeds" / f"s{int(seed)}" / str(task)

@@ -27,6 +27,26 @@ depends on the architecture (ranks), not on the task.
 
 from __future__ import annotations
 
+import re as _re
+from pathlib import Path as _Path
+
+# results/<experiment>/ holds an experiment's table, figures, timing and report (the artifacts under
+# results/<model>/ are shared by every experiment that plans them).
+DEFAULT_EXPERIMENT = "default"
+EXPERIMENT_NAME = _re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,47}")
+
+
+def experiment_name(name: str | None, configfile: str | None) -> str:
+    """The experiment a workflow config runs: its ``name:`` key, else its file's stem
+    (config/smoke.yaml -> smoke), with the default config/config.yaml (or none) -> ``default``.
+    May return a name that EXPERIMENT_NAME refuses (a dotted file name): the caller says so."""
+    if name:
+        return name
+    if not configfile:
+        return DEFAULT_EXPERIMENT
+    stem = _Path(configfile).stem
+    return DEFAULT_EXPERIMENT if stem == "config" else stem
+
 import argparse
 import json
 import math

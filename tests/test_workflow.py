@@ -553,14 +553,15 @@ def test_schema_and_cli_flags_agree(block):
 
 def test_fake_run_builds_table_and_figures_then_nothing_to_do(fake_work):
     work, fake_env = fake_work
-    table = pd.read_csv(work / "results" / "table.csv")
+    smoke = work / "results" / "smoke"  # the experiment's own outputs: config/smoke.yaml -> results/smoke/
+    table = pd.read_csv(smoke / "table.csv")
     assert len(table) == 4 * 9  # 4 tasks x 9 rows, one density
     assert set(table["method"]) == {"dense", "movement", "magnitude", "svd", "fwsvd", "magnitude+svd", "lpaf",
                                     "lpaf-no-sa-svd", "lpaf-no-mixed-rank"}
     for fig in ("mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup", "ablation"):
-        assert (work / "results" / "figures" / f"{fig}.png").stat().st_size > 1000
-        assert (work / "results" / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"  # the paper's copy
-    assert "\\toprule" in (work / "results" / "table.tex").read_text()
+        assert (smoke / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (smoke / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"  # the paper's copy
+    assert "\\toprule" in (smoke / "table.tex").read_text()
     again = snakemake(work, "-n", env=fake_env)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
 
@@ -598,7 +599,7 @@ def test_an_interrupted_job_is_redone_exactly(fake_work):
     target = str(victim.relative_to(work))
     # the state before the job first ran: it and everything downstream of it missing
     shutil.rmtree(victim.parent)
-    for stale in [work / "results" / "table.csv", *(work / "results" / "figures").glob("*.png")]:
+    for stale in [work / "results" / "smoke" / "table.csv", *(work / "results" / "smoke" / "figures").glob("*.png")]:
         stale.unlink()
     killed = dict(fake_env, FAKE_LPAF_FAIL=str(victim.parent.relative_to(work)))
     res = snakemake(work, "--cores", "1", env=killed)  # the job dies, leaving a half-written directory
@@ -609,6 +610,66 @@ def test_an_interrupted_job_is_redone_exactly(fake_work):
                                       "figure_metric": 4, "figure_rank": 1, "figure_speedup": 1, "figure_ablation": 1,
                                       "all": 1}
     assert {j["output"] for j in planned_jobs(res.stdout) if j["rule"] == "factorize"} == {target}
+
+
+# --------------------------------------------------------------------------------------------
+# results per experiment (issue 31, point 3)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, overrides, experiment", [
+    ("smoke", [], "smoke"), ("smoke", ["name=trial"], "trial"), ("config", [], "default"), (None, [], "default")],
+    ids=["config-file-stem", "name-key", "default-config", "no-configfile"])
+def test_each_experiment_has_its_own_table_figures_and_timing(tmp_path, config, overrides, experiment):
+    """The table, the figures and the timing of the experiment's models go under results/<experiment>/
+    (`name:`, else the config file's stem; config/config.yaml is `default`); the artifacts stay under
+    results/<model>/, shared by every experiment that plans them (same settings, same hash, same files)."""
+    args = ["-n"] + (["--config", *overrides] if overrides else [])
+    res = snakemake(tmp_path, *args, configfile=CONFIGS[config] if config else None)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = planned_jobs(res.stdout)
+    table = next(j for j in jobs if j["rule"] == "table")
+    assert f"results/{experiment}/table.csv" in table["output"].split(", "), table["output"]
+    assert all(o.startswith(f"results/{experiment}/") for o in table["output"].split(", "))
+    figures = [j for j in jobs if j["rule"].startswith("figure_")]
+    assert figures and all(j["output"].startswith(f"results/{experiment}/figures/") for j in figures)
+    assert [j["output"] for j in jobs if j["rule"] == "timing"] == [f"results/{experiment}/timing.json"]
+    model = "smoke-bert" if config == "smoke" else "all-MiniLM-L6-v2"
+    assert all(j["output"].startswith(f"results/{model}/") for j in jobs if j["rule"] in ("finetune", "evaluate"))
+
+
+def test_the_report_refuses_an_experiment_without_a_table(tmp_path):
+    report = tmp_path / "report.html"
+    res = snakemake(tmp_path, "--report", str(report), "--config", "name=trial")
+    err = res.stdout + res.stderr
+    assert res.returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("lpaf workflow:")]
+    assert len(lines) == 1, err[-2000:]
+    assert "experiment 'trial' has no table yet (results/trial/table.csv)" in lines[0]
+    assert "Traceback" not in err and not report.exists()
+
+
+def test_the_report_holds_only_this_experiments_table_and_figures(fake_work):
+    """Another experiment's outputs in the same results/ stay out of this experiment's report."""
+    work, fake_env = fake_work
+    shutil.copytree(work / "results" / "smoke", work / "results" / "other")
+    report = work / "results" / "smoke" / "report.html"
+    res = snakemake(work, "--report", str(report), env=fake_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = report.read_text(encoding="utf-8", errors="replace")
+    for name in ("table.csv", "table.md", "table.tex", "mrpc_metric.png", "speedup.png", "ablation.png"):
+        assert name in html, name
+    assert "results/smoke/" in html and "results/other/" not in html
+    assert "Missing metadata" not in res.stdout + res.stderr
+
+
+def test_an_experiment_name_from_a_file_name_it_cannot_use_says_to_set_name(tmp_path):
+    dotted = tmp_path / "my.experiment.yaml"
+    dotted.write_text(CONFIGS["smoke"].read_text())
+    res = snakemake(tmp_path, "-n", configfile=dotted)
+    assert res.returncode == 2 and "no job was started" in res.stderr, res.stderr[-2000:]
+    assert "experiment name 'my.experiment' (the config file's name) is not allowed" in res.stderr
+    assert "set `name:` in the config" in res.stderr
+    assert snakemake(tmp_path, "-n", "--config", "name=mine", configfile=dotted).returncode == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,6 +702,7 @@ BAD_OVERRIDES = [
     ("escaping hub id", ["model=../../etc"], r"model = '../../etc' is not allowed"),
     ("escaping row name", ["methods={'../x': {}}"], r"'methods' has the name '../x', which is not allowed"),
     ("escaping setting name", ["prune={'a/b': {method: movement}}"], r"'prune' has the name 'a/b', which is not allowed"),
+    ("escaping experiment name", ["name=../x"], r"name = '../x' is not allowed"),
     ("latency task", ["evaluate={tasks: [rte]}"], r"evaluate.tasks names 'rte', which is not in tasks"),
     ("precision on cpu", ["compute={precision: bf16}"], r"compute.precision = 'bf16' needs compute.device cuda"),
     ("row task", ["methods={svd: {factorize: svd, retrain: plain, tasks: [rte]}}"],
@@ -712,16 +774,17 @@ def smoke_local(tmp_path_factory):
 @pytest.mark.timeout(7200)
 def test_smoke_config_runs_end_to_end(smoke_local):
     work = smoke_local
-    table = pd.read_csv(work / "results" / "table.csv")
+    smoke = work / "results" / "smoke"  # the experiment's table, figures, timing and report
+    table = pd.read_csv(smoke / "table.csv")
     assert len(table) == 4 * 9
     assert table["headline_mean"].notna().all()
     assert (table.loc[table["method"] == "dense", "retained_percent"].round(1) == 100.0).all()
     assert (table.loc[table["method"] != "dense", "retained_percent"] <= 50.5).all()
     assert table["speedup_mean"].notna().all()
     # the speed-up and device columns come from the one timing job (every mrpc model side by side)
-    timing = json.loads((work / "results" / "smoke-bert" / "timing.json").read_text())
+    timing = json.loads((smoke / "timing.json").read_text())
     assert set(table["device"]) == {timing["device"]} and timing["device"].startswith("cpu: ")
-    runs = pd.read_csv(work / "results" / "runs.csv")
+    runs = pd.read_csv(smoke / "runs.csv")
     timed = runs[runs["task"] == "mrpc"]
     assert len(timed) == 9 and len(timing["latency_ms"]) == 9  # dense + 8 compressed models of mrpc
     for _, run in timed.iterrows():
@@ -738,15 +801,15 @@ def test_smoke_config_runs_end_to_end(smoke_local):
     assert sum(p.name == "evaluate.benchmark.tsv" for p in benchmarks) == len(timed)  # evaluate.tasks: mrpc
     evals = [json.loads(p.read_text()) for p in (work / "results").rglob("eval.json")]
     assert evals and not any("latency_ms" in e or e["args"].get("latency_batches") for e in evals)  # timing job only
-    md_rows = [line for line in (work / "results" / "table.md").read_text().splitlines() if line.startswith("| ")]
+    md_rows = [line for line in (smoke / "table.md").read_text().splitlines() if line.startswith("| ")]
     assert len(md_rows) == 2 * (1 + 9)  # end of training and best dev: header + one line per (method, density)
-    tex = (work / "results" / "table.tex").read_text()
+    tex = (smoke / "table.tex").read_text()
     assert tex.count("\\begin{tabular}") == 2 and "\\toprule" in tex
     names = ["mrpc_metric", "sst2_metric", "stsb_metric", "squad_metric", "mrpc_rank", "speedup", "ablation"]
     for ext in ("png", "pdf"):
-        figures = sorted(p.name for p in (work / "results" / "figures").glob(f"*.{ext}"))
+        figures = sorted(p.name for p in (smoke / "figures").glob(f"*.{ext}"))
         assert figures == sorted(f"{n}.{ext}" for n in names)
-    report = work / "results" / "report.html"
+    report = smoke / "report.html"
     res = snakemake(work, "--report", str(report), timeout=900)
     assert res.returncode == 0 and report.stat().st_size > 10_000, res.stderr[-3000:]
     html = report.read_text(encoding="utf-8", errors="replace")
@@ -897,9 +960,9 @@ def test_slurm_profile_produces_the_same_table(local_slurm, smoke_local, tmp_pat
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     assert len(submitted) == sum(n for rule, n in counts.items() if rule not in local_rules | {"total"}) >= 7
     assert not re.search(r"^localrule (finetune|prune|factorize|retrain|evaluate|rank_study|timing):", out, re.M)
-    local = pd.read_csv(smoke_local / "results" / "table.csv").drop(columns=TIMING_COLUMNS)
+    local = pd.read_csv(smoke_local / "results" / "smoke" / "table.csv").drop(columns=TIMING_COLUMNS)
     local = local[(local["task"] == "mrpc") & local["method"].isin(rows)].reset_index(drop=True)
-    slurm = pd.read_csv(work / "results" / "table.csv").drop(columns=TIMING_COLUMNS)
+    slurm = pd.read_csv(work / "results" / "smoke" / "table.csv").drop(columns=TIMING_COLUMNS)
     assert len(local) == len(slurm) == 2
     other_tasks_metrics = [c for c in local.columns if c not in slurm.columns]  # e.g. dev_exact_match: all NaN
     assert other_tasks_metrics and local[other_tasks_metrics].isna().all().all()

@@ -4,8 +4,9 @@
 import os
 import posixpath
 import shlex
+import sys
 
-RESULTS = "results"
+RESULTS = "results"  # artifacts: results/{model}/...; an experiment's own outputs: results/{experiment}/
 REPO_ROOT = os.path.dirname(WORKFLOW_DIR)
 TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
@@ -17,6 +18,35 @@ OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 # The paper's ablation rows (method keys): the ablation figure is drawn when a config has two of them.
 ABLATION_METHODS = ("lpaf", "lpaf-no-sa-svd", "lpaf-no-mixed-rank")
 NAME_HELP = "letters, digits, '_', '+', '-' (at most 48 characters; no slash, dot or space)"
+
+# --------------------------------------------------------------------------------------------
+# The experiment: results/<experiment>/ holds its table, figures, timing and report
+# --------------------------------------------------------------------------------------------
+
+from lpaf.report import EXPERIMENT_NAME, experiment_name
+
+
+def experiment_of(cfg):
+    """`name:`, else the stem of the (last) config file: config/smoke.yaml -> smoke; config/config.yaml -> default."""
+    files = workflow.overwrite_configfiles or workflow.configfiles
+    return experiment_name(cfg.get("name"), str(list(files)[-1]) if files else None)
+
+
+def report_requested():
+    """`snakemake --report FILE`: Snakemake gives a Snakefile no sign of it but its command line."""
+    return any(a == "--report" or a.startswith("--report=") for a in sys.argv[1:])
+
+
+def refuse_report_without_table(experiment_dir):
+    """A report of an experiment that has not run would hold nothing of it: one line, exit 2."""
+    table = f"{experiment_dir}/table.csv"
+    if report_requested() and not os.path.exists(table):
+        files = " ".join(f"--configfile {f}" for f in (workflow.overwrite_configfiles or []))
+        run = f"snakemake --cores N {files}".strip()
+        sys.stderr.write(f"lpaf workflow: experiment {os.path.basename(experiment_dir)!r} has no table yet ({table}); "
+                         f"run it first ({run}), then the report; no report was written\n")
+        sys.exit(2)
+
 
 # --------------------------------------------------------------------------------------------
 # Flags and inputs used by the rules
@@ -197,12 +227,12 @@ def teacher_of(source):
 
 
 def figure_targets():
-    """Every figure, as PNG (screens, the report) and PDF (papers)."""
-    figures = [f"{RESULTS}/figures/{task}_metric.{ext}" for task in PLAN.tasks for ext in ("png", "pdf")]
-    figures += [f"{RESULTS}/figures/{task}_rank.{ext}" for task in PLAN.rank_tasks() for ext in ("png", "pdf")]
-    figures += [f"{RESULTS}/figures/speedup.{ext}" for ext in ("png", "pdf")]
+    """Every figure of the experiment, as PNG (screens, the report) and PDF (papers)."""
+    figures = [f"{EXPERIMENT_DIR}/figures/{task}_metric.{ext}" for task in PLAN.tasks for ext in ("png", "pdf")]
+    figures += [f"{EXPERIMENT_DIR}/figures/{task}_rank.{ext}" for task in PLAN.rank_tasks() for ext in ("png", "pdf")]
+    figures += [f"{EXPERIMENT_DIR}/figures/speedup.{ext}" for ext in ("png", "pdf")]
     if len(set(PLAN.methods()) & set(ABLATION_METHODS)) >= 2:  # the paper's ablation rows are in the config
-        figures += [f"{RESULTS}/figures/ablation.{ext}" for ext in ("png", "pdf")]
+        figures += [f"{EXPERIMENT_DIR}/figures/ablation.{ext}" for ext in ("png", "pdf")]
     return figures
 
 

@@ -103,6 +103,10 @@ def semantic_problems(cfg):
         for t in cfg[key]["tasks"] or []:
             if t not in tasks:
                 problems.append(f"{key}.tasks names {t!r}, which is not in tasks; accepted values: {', '.join(tasks)}")
+    experiment = experiment_of(cfg)
+    if not cfg["name"] and not EXPERIMENT_NAME.fullmatch(experiment):
+        problems.append(f"the experiment name {experiment!r} (the config file's name) is not allowed; names use "
+                        f"{NAME_HELP}: set `name:` in the config (or --config name=...)")
     if cfg["compute"]["precision"] not in ("fp32", "auto") and cfg["compute"]["device"] == "cpu":
         problems.append(f"compute.precision = {cfg['compute']['precision']!r} needs compute.device cuda; "
                         f"accepted on cpu: fp32, auto")

@@ -1,5 +1,5 @@
 # Measurements on finished models: reload + dev scores (evaluate), inference latency of every model
-# side by side in one job per (model, device) (timing: the table's speed-up and device columns), and
+# side by side in one job per experiment (timing: the table's speed-up and device columns), and
 # the rank study of the teacher and the pruned models (claims C1, C2).
 
 
@@ -53,11 +53,11 @@ rule timing:
     input:
         models=timing_inputs,
     output:
-        json=f"{RESULTS}/{{model}}/timing.json",
+        json=PLAN.timing_file(),
     log:
-        "logs/{model}/timing.log",
+        f"logs/{EXPERIMENT}/timing.log",
     benchmark:
-        "logs/{model}/timing.benchmark.tsv",
+        f"logs/{EXPERIMENT}/timing.benchmark.tsv",
     params:
         models=lambda wildcards, input: " ".join(shlex.quote(out_dir(m)) for m in input.models),
         flags=to_flags({"rounds": config["evaluate"]["latency_batches"]}),

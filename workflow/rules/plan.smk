@@ -9,8 +9,9 @@
 # so two settings never share a directory, changing one setting creates new directories for it
 # and what is downstream of it only, and table rows that share a chain prefix share its files.
 # Each directory holds the model and metrics.json (the completion record; the rule's output),
-# plus eval.json (evaluate rule: reloaded scores) and rank.json (rank study); results/{model}/timing.json
-# times every model of the grid side by side (the speed-up column).
+# plus eval.json (evaluate rule: reloaded scores) and rank.json (rank study). Artifacts are shared by every
+# experiment that plans them; results/{experiment}/ holds one experiment's own outputs: timing.json (every
+# model of its grid timed side by side: the speed-up column), the table, the figures and the report.
 
 
 import hashlib
@@ -50,8 +51,9 @@ def _alt(tokens):
 class Plan:
     """Everything the rules need, computed once from the validated config."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, experiment_dir):
         self.cfg = cfg
+        self.experiment_dir = experiment_dir  # results/<experiment>: timing, table, figures, report
         self.model = cfg["model_name"] or posixpath.basename(cfg["model"])
         self.tasks = list(cfg["tasks"])
         self.seeds = [int(s) for s in cfg["seeds"]]
@@ -170,8 +172,8 @@ class Plan:
         return out
 
     def timing_file(self):
-        """The one timing job of this model and device: every timed model side by side."""
-        return posixpath.join(RESULTS, self.model, "timing.json")
+        """The experiment's one timing job: every timed model of its grid side by side."""
+        return posixpath.join(self.experiment_dir, "timing.json")
 
     def rank_rows(self):
         """Rank-study entries: per rank-study task and seed, the teacher and every pruning setting

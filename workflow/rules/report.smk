@@ -1,5 +1,6 @@
-# The table and the figures: light local rules over the metrics files, rerun whenever a row
-# changes. `snakemake --report results/report.html` collects the figures with their captions.
+# The experiment's table and figures (results/<experiment>/): light local rules over the metrics
+# files, rerun whenever a row changes. `snakemake --report results/<experiment>/report.html
+# --configfile <its config>` collects them with their captions (refused while the table is missing).
 
 
 rule table:
@@ -9,13 +10,13 @@ rule table:
         timing=sorted({r["timing"] for r in PLAN.report_rows() if r["timing"]}),
         ranks=[r["rank"] for r in PLAN.rank_rows()],
     output:
-        csv=report(f"{RESULTS}/table.csv", caption="../report/table.rst", category="Table"),
-        md=report(f"{RESULTS}/table.md", caption="../report/table_md.rst", category="Table"),
-        tex=report(f"{RESULTS}/table.tex", caption="../report/table_tex.rst", category="Table"),
-        runs=f"{RESULTS}/runs.csv",
-        ranks=f"{RESULTS}/rank_study.csv",
+        csv=report(f"{EXPERIMENT_DIR}/table.csv", caption="../report/table.rst", category="Table"),
+        md=report(f"{EXPERIMENT_DIR}/table.md", caption="../report/table_md.rst", category="Table"),
+        tex=report(f"{EXPERIMENT_DIR}/table.tex", caption="../report/table_tex.rst", category="Table"),
+        runs=f"{EXPERIMENT_DIR}/runs.csv",
+        ranks=f"{EXPERIMENT_DIR}/rank_study.csv",
     log:
-        "logs/report/table.log",
+        f"logs/{EXPERIMENT}/report/table.log",
     params:
         rows=PLAN.report_rows(),
         rank_rows=PLAN.rank_rows(),
@@ -30,14 +31,14 @@ rule figure_metric:
         table=rules.table.output.csv,
     output:
         png=report(
-            f"{RESULTS}/figures/{{task}}_metric.png",
+            f"{EXPERIMENT_DIR}/figures/{{task}}_metric.png",
             caption="../report/metric.rst",
             category="Metric vs % retained",
             labels={"task": "{task}"},
         ),
-        pdf=f"{RESULTS}/figures/{{task}}_metric.pdf",
+        pdf=f"{EXPERIMENT_DIR}/figures/{{task}}_metric.pdf",
     log:
-        "logs/report/figure_metric_{task}.log",
+        f"logs/{EXPERIMENT}/report/figure_metric_{{task}}.log",
     params:
         kind="metric",
     conda:
@@ -51,14 +52,14 @@ rule figure_rank:
         ranks=rules.table.output.ranks,
     output:
         png=report(
-            f"{RESULTS}/figures/{{task}}_rank.png",
+            f"{EXPERIMENT_DIR}/figures/{{task}}_rank.png",
             caption="../report/rank.rst",
             category="Rank study",
             labels={"task": "{task}"},
         ),
-        pdf=f"{RESULTS}/figures/{{task}}_rank.pdf",
+        pdf=f"{EXPERIMENT_DIR}/figures/{{task}}_rank.pdf",
     log:
-        "logs/report/figure_rank_{task}.log",
+        f"logs/{EXPERIMENT}/report/figure_rank_{{task}}.log",
     params:
         kind="rank",
     conda:
@@ -72,14 +73,14 @@ rule figure_speedup:
         table=rules.table.output.csv,
     output:
         png=report(
-            f"{RESULTS}/figures/speedup.png",
+            f"{EXPERIMENT_DIR}/figures/speedup.png",
             caption="../report/speedup.rst",
             category="Speed-up",
             labels={"figure": "speed-up vs % retained"},
         ),
-        pdf=f"{RESULTS}/figures/speedup.pdf",
+        pdf=f"{EXPERIMENT_DIR}/figures/speedup.pdf",
     log:
-        "logs/report/figure_speedup.log",
+        f"logs/{EXPERIMENT}/report/figure_speedup.log",
     params:
         kind="speedup",
     conda:
@@ -93,14 +94,14 @@ rule figure_ablation:
         table=rules.table.output.csv,
     output:
         png=report(
-            f"{RESULTS}/figures/ablation.png",
+            f"{EXPERIMENT_DIR}/figures/ablation.png",
             caption="../report/ablation.rst",
             category="Ablation",
             labels={"figure": "lpaf vs − sa-svd vs − mixed-rank"},
         ),
-        pdf=f"{RESULTS}/figures/ablation.pdf",
+        pdf=f"{EXPERIMENT_DIR}/figures/ablation.pdf",
     log:
-        "logs/report/figure_ablation.log",
+        f"logs/{EXPERIMENT}/report/figure_ablation.log",
     params:
         kind="ablation",
     conda:
