@@ -11,7 +11,8 @@ asks SLURM for its own time left (``squeue -h -j $SLURM_JOB_ID -o %L``) and rais
 on a timer, with nothing else signalled.
 
 Enabled by the environment variable ``LPAF_SIGNAL_BEFORE_END_S`` (the workflow sets it from the
-profile's ``signal_before_end_s``); outside a SLURM job it does nothing.
+config's ``cluster.signal_before_end_s``); outside a SLURM job it does nothing, and in a SLURM job
+without it (0 or unset) it says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ def arm_signal_before_end(margin_s: float | None = None, sig: int = signal.SIGUS
                         ENV_MARGIN, os.environ[ENV_MARGIN])
             return None
     job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id and margin_s <= 0:
+        print(f"lpaf: warning: SLURM job {job_id} has no early warning before its time limit ({ENV_MARGIN} is "
+              f"0 or unset; the workflow's cluster.signal_before_end_s): at the limit it is killed without a "
+              f"checkpoint, and a rerun resumes from the last --save-steps checkpoint", file=sys.stderr, flush=True)
     if margin_s <= 0 or not job_id:
         return None
     left = slurm_seconds_left(job_id)

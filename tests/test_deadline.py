@@ -58,3 +58,15 @@ def test_no_timer_where_there_is_nothing_to_warn_about(tmp_path, monkeypatch, en
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert arm_signal_before_end() is None
+
+
+def test_a_slurm_job_without_a_margin_says_so(tmp_path, monkeypatch, capsys):
+    """Issue 30 point 5: margin 0 in a SLURM job is a job that dies at its limit without a checkpoint."""
+    _fake_squeue(tmp_path, monkeypatch, "10:00")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv(ENV_MARGIN, "0")
+    assert arm_signal_before_end() is None
+    err = capsys.readouterr().err
+    assert "lpaf: warning: SLURM job 7 has no early warning" in err and "signal_before_end_s" in err
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert arm_signal_before_end() is None and capsys.readouterr().err == ""  # local runs: nothing to say

@@ -31,7 +31,7 @@ def test_smoke_plan_counts_the_synthetic_data_and_the_matched_budget(smoke_plan)
     mixed-rank re-training of the matched budget takes more."""
     rows = _rows(summarize(smoke_plan))
     assert rows[("finetune", "mrpc")] == {"rule": "finetune", "task": "mrpc", "jobs": 1, "steps": 6, "hours": 0.0,
-                                          "estimated": True, "length_scaled": False}
+                                          "gpu_hours": 0.0, "estimated": True, "length_scaled": False}
     assert rows[("prune", "sst2")]["jobs"] == 2 and rows[("prune", "sst2")]["steps"] == 12
     retrains = [j for j in smoke_plan if j.rule == "retrain" and j.task == "mrpc"]
     mixed = [j for j in retrains if j.kind == "retrain-mixed-rank"]
@@ -171,3 +171,37 @@ def test_relative_data_paths_resolve_like_the_users_run(tmp_path, monkeypatch):
     (tmp_path / "results").mkdir()  # outputs of an earlier run must not hide jobs from the plan
     jobs = plan_jobs(str(REPO / "config" / "mini_qa.yaml"), snakefile=SNAKEFILE)
     assert sum(j.rule == "finetune" for j in jobs) == 1 and any(j.rule == "retrain" for j in jobs)
+
+
+def test_plan_layers_config_files_counts_gpus_and_relays_time_limit_warnings(tmp_path, capsys):
+    """Issue 30 points 1 and 7: `lpaf plan` takes several config files as Snakemake does (later wins); a DDP
+    job over compute.gpus GPUs takes 1/gpus of the step time and holds every GPU; by default the jobs
+    are priced by the config's cluster.calibration, the one the time limits come from, and the
+    workflow's warnings about attempts beyond cluster.max_runtime_min are printed."""
+    import yaml
+
+    layer = tmp_path / "cuda2.yaml"
+    layer.write_text(yaml.safe_dump({"compute": {"device": "cuda", "gpus": 2}, "cluster": {"max_runtime_min": 3}}))
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--configfile", str(REPO / "config" / "smoke.yaml"), str(layer), "--snakefile", SNAKEFILE,
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert plan["configfile"] == [str(REPO / "config" / "smoke.yaml"), str(layer)]
+    assert "bert-base-a100-assumed" not in printed or "ASSUMED" in printed  # the calibration line says what it is
+    calib = json.loads((REPO / "config" / "calibration" / "bert-base-a100-assumed.json").read_text())
+    teacher = next(j for j in plan["jobs"] if j["rule"] == "finetune" and j["task"] == "mrpc")
+    assert teacher["gpus"] == 2 and teacher["device"] == "cuda"
+    scale = teacher["max_length"] / calib["max_length"]
+    seconds = (calib["process_start_s"] + calib["stages"]["finetune"]["fixed_s"]
+               + teacher["steps"] * calib["stages"]["finetune"]["step_s"] * scale / 2
+               + teacher["flags"]["final_eval_examples"] * calib["stages"]["evaluate"]["example_s"] * scale)
+    row = next(r for r in plan["rows"] if (r["rule"], r["task"]) == ("finetune", "mrpc"))
+    assert row["gpu_hours"] == pytest.approx(2 * seconds / 3600) == pytest.approx(row["hours"])
+    rank = next(r for r in plan["rows"] if r["rule"] == "rank_study")
+    assert rank["gpu_hours"] == 0 and rank["hours"] > 0  # the rank study runs on a CPU
+    # 80 s x 1.5 -> 3 min on attempt 1; the retries of the SLURM profile (2) would need 5 and 7 min
+    warned = plan["time_limit_warnings"]
+    assert warned and all(line in printed for line in warned)
+    assert any(line.startswith("lpaf: time limit above cluster.max_runtime_min: finetune mrpc") and
+               "attempt 2 would need 5 min" in line for line in warned), warned

@@ -299,10 +299,9 @@ def test_slurm_resources_per_rule_and_task_from_the_config(tmp_path):
         r = _resources(job)
         assert r["cpus_per_task"] == str(paper["compute"]["train_threads"]) and r["gpu"] == "1"
         assert (r["slurm_partition"], r["slurm_account"], r["qos"], r["gpu_model"]) == ("gpuq", "proj", "high", "a100")
-        assert r["signal_before_end_s"] == "300"  # profiles/slurm: checkpoint before the time limit
         task = re.search(r"/bert-base-uncased/(\w+)/", job["output"]).group(1)
         runtime.setdefault(task, set()).add(int(r["runtime"]))
-        assert "LPAF_SIGNAL_BEFORE_END_S=300" in job["shell"]
+        assert "LPAF_SIGNAL_BEFORE_END_S=300" in job["shell"]  # cluster.signal_before_end_s: checkpoint before the limit
     assert max(runtime["rte"]) < min(runtime["mnli"])  # 2.5k vs 393k training examples
     ranks = [_resources(j) for j in jobs if j["rule"] == "rank_study"]
     assert ranks and all(r["slurm_partition"] == "cpuq" and "gpu" not in r and "slurm_account" not in r
@@ -984,18 +983,22 @@ def test_slurm_jobs_get_config_resources_and_checkpoint_before_the_time_limit(lo
     """On a real SLURM: jobs ask for the rule's threads, the config's memory, time limit and partition;
     a training job warned `signal_before_end_s` before its 1-minute limit checkpoints and exits 75, the
     retry gets a longer limit (and more memory) and resumes from the checkpoint."""
+    # a calibration that prices every job at 30 s (+ 1e-6 s per step): limits of 1 min, 2 min on the retry
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"device": "cpu", "max_length": 64, "process_start_s": 0, "stages": {
+        "finetune": {"fixed_s": 30, "step_s": 1e-6}, "evaluate": {"fixed_s": 30, "example_s": 0},
+        "time-models": {"fixed_s": 30, "forward_s": 0}}}))
     cfg = write_config(
         tmp_path, tasks=["mrpc"], methods={"dense": {}}, rank_study={"enabled": False},
         compute={"device": "cpu", "train_threads": 2, "eval_threads": 1},
         finetune={"max_steps": 80, "save_steps": 20, "logging_steps": 10},
-        cluster={"cpu": {"partition": "lpafcpu"}, "step_seconds": {"finetune": 1e-6, "prune": 1e-6, "retrain": 1e-6},
-                 "fixed_min": {"finetune": 0.5, "evaluate": 0.5, "timing": 0.5}, "runtime_safety": 1,
+        cluster={"cpu": {"partition": "lpafcpu"}, "calibration": [str(calibration)], "runtime_safety": 1,
+                 "signal_before_end_s": 50,  # capped at half the limit: 30 s
                  "min_runtime_min": 1, "mem_mb": {"finetune": 1500, "evaluate": 1000, "timing": 1000},
                  "mem_mb_per_100k_examples": 0, "mem_mb_per_timed_model": 0})
     work = tmp_path / "work"
     res = snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), "--slurm-status-command", "squeue",
                     "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-                    "--set-resources", "finetune:signal_before_end_s=50",  # capped at half the limit: 30 s
                     # every step >= 0.5 s: 80 steps outlast the first attempt's ~20 s on any machine
                     configfile=cfg, env=dict(local_slurm, LPAF_FAULT_STEP_SLEEP_S="0.5"), timeout=3000)
     out = res.stdout + res.stderr

@@ -1,7 +1,9 @@
 """``lpaf plan`` and ``lpaf calibrate``: the cost of a workflow config before launch.
 
-``lpaf plan --configfile CONFIG [--calibration FILE ...] [--json OUT]`` prints, per rule and task, the
-jobs, optimizer steps and (with a calibration) estimated device-hours, then the total.
+``lpaf plan --configfile CONFIG [CONFIG ...] [--calibration FILE ...] [--json OUT]`` prints, per rule and
+task, the jobs, optimizer steps and estimated device- and GPU-hours (from the config's
+cluster.calibration unless --calibration names others), then the total, and the workflow's warnings
+about jobs or retries whose time limit would exceed the partition's maximum.
 ``lpaf calibrate --model M --task T`` times a few optimizer steps of every training stage (fine-tune,
 prune with its teacher per pruning method, re-train plain and mixed-rank with the teacher), each
 factorization (svd, sparsity-aware, fwsvd with its cost per Fisher batch), an evaluation and the
@@ -28,38 +30,54 @@ from lpaf.errors import LpafError
 
 @dataclass
 class PlanArgs:
-    configfile: str = field(metadata={"help": "workflow config (e.g. config/paper.yaml)"})
+    configfile: list[str] = field(metadata={
+        "help": "workflow config file(s), layered as `snakemake --configfile A B` layers them (later wins)"})
     config: list[str] | None = field(default=None, metadata={"help": "snakemake --config overrides, KEY=VALUE ..."})
     calibration: list[str] | None = field(default=None, metadata={
-        "help": "calibration JSON(s) from `lpaf calibrate`; several: each job uses the one at its max length "
-                "(else the nearest, scaled by the length ratio)"})
+        "help": "calibration JSON(s) from `lpaf calibrate`; several: each job uses the one of its device at its "
+                "max length (else the nearest, scaled by the length ratio). Default: the config's "
+                "cluster.calibration, which the workflow's time limits come from"})
+    retries: int = field(default=2, metadata={
+        "help": "retries per job (as the SLURM profile's `retries`): warn about any attempt whose time limit "
+                "would exceed cluster.max_runtime_min"})
     json: str | None = field(default=None, metadata={"help": "also write the plan (every job and the summary) here"})
     snakefile: str = field(default="Snakefile", metadata={"help": "the workflow's Snakefile (run from the repository)"})
 
     def __post_init__(self):
         problems = []
-        if not Path(self.configfile).is_file():
-            problems.append(f"--configfile {self.configfile} not found")
+        for path in self.configfile:
+            if not Path(path).is_file():
+                problems.append(f"--configfile {path} not found")
         if not Path(self.snakefile).is_file():
             problems.append(f"--snakefile {self.snakefile} not found (run lpaf plan from the repository root)")
         for path in self.calibration or []:
             if not Path(path).is_file():
                 problems.append(f"--calibration {path} not found")
+        if self.retries < 0:
+            problems.append(f"--retries must be >= 0 (got {self.retries})")
         if problems:
             raise LpafError("; ".join(problems))
 
 
 def run_plan(args: PlanArgs) -> dict:
-    from lpaf.plan import format_summary, job_dicts, load_calibration, plan_jobs, summarize
+    from lpaf.plan import format_summary, job_dicts, load_calibration, plan_workflow, summarize, workflow_calibrations
 
-    calibration = [load_calibration(path) for path in args.calibration] if args.calibration else None
-    jobs = plan_jobs(args.configfile, args.config, args.snakefile)
-    summary = summarize(jobs, calibration)
+    configured = workflow_calibrations(args.configfile, args.snakefile)
+    paths = args.calibration or configured
+    calibration = [load_calibration(path) for path in paths]
+    plan = plan_workflow(args.configfile, args.config, args.snakefile, args.retries)
+    summary = summarize(plan.jobs, calibration)
     print(format_summary(summary))
+    if args.calibration and [Path(p).resolve() for p in args.calibration] != [Path(p).resolve() for p in configured]:
+        print(f"note: the workflow's time limits come from cluster.calibration ({', '.join(configured)}), "
+              f"not from --calibration")
+    for line in plan.warnings:
+        print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"configfile": args.configfile, "config": args.config, **summary,
-                                               "jobs": job_dicts(jobs)}, indent=1) + "\n", encoding="utf-8")
+                                               "time_limit_warnings": plan.warnings,
+                                               "jobs": job_dicts(plan.jobs)}, indent=1) + "\n", encoding="utf-8")
     return summary
 
 

@@ -16,7 +16,7 @@ rule evaluate:
         model=lambda wildcards, input: out_dir(input.model),
         data=lambda wildcards: data_flags(wildcards.task),
         flags=evaluate_flags,
-        run=run_flags(training=False),
+        run=placed_run_flags("evaluate"),
     threads: config["compute"]["eval_threads"]
     resources:
         **cluster_resources("evaluate", "eval_threads"),

@@ -15,7 +15,7 @@ rule factorize:
         source=lambda wildcards, input: out_dir(input.source),
         data=lambda wildcards: data_flags(wildcards.task),
         flags=stage_flags("factorize"),
-        run=run_flags(training=False),
+        run=placed_run_flags("factorize"),
         out=lambda wildcards, output: out_dir(output.metrics),
     threads: config["compute"]["train_threads"]
     resources:
