@@ -3,6 +3,14 @@
 Each stage module under ``lpaf/stages/`` exposes typed argument dataclasses and ``run(...)``; flags
 are generated from the dataclass fields (``max_train_samples`` -> ``--max-train-samples``), so the
 CLI, the docs and the metrics.json ``args`` block all come from the same definitions.
+
+Why not transformers' ``HfArgumentParser``, which does the same from the same dataclasses: it would change
+the command lines the workflow and the tests write. It gives a ``False``-default boolean no ``--no-x``
+(only ``--x [true|false]``), stops with an argparse conflict where two dataclasses of one stage share a
+field (the ``seen`` set below keeps the first), has no per-stage defaults (``lpaf prune`` trains 10
+epochs, ``lpaf retrain`` 3), rewrites the dataclass fields' types in place, and appends "(default: …)"
+to every help, also where the help already explains the default.
+
 Bad input -> ``lpaf: error: <one line>`` on stderr, exit code 2, no traceback.
 """
 
@@ -11,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 import types
 import typing
@@ -80,7 +89,8 @@ def _add_dataclass(parser: argparse.ArgumentParser, cls, overrides: dict[str, An
         required = default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if not required:
             kwargs["default"] = default if default is not dataclasses.MISSING else f.default_factory()
-            kwargs["help"] += f" (default: {kwargs['default']})"
+            if not re.search(r"\bdefault\b", kwargs["help"], flags=re.I):  # said once: the help may explain it
+                kwargs["help"] += f" (default: {kwargs['default']})"
         origin = get_origin(tp)
         args = [a for a in get_args(tp) if a is not type(None)]
         if origin in (typing.Union, types.UnionType) and len(args) == 1:

@@ -42,3 +42,28 @@ def test_workflow_env_lists_every_dependency_with_the_same_pins():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     minimum = _pyproject()["project"]["requires-python"].removeprefix(">=")
     assert python.removeprefix("python=").split(".")[:2] >= minimum.split(".")[:2]
+
+
+def test_the_workflow_is_snakefmt_clean():
+    """snakefmt (the Snakemake formatter) would change nothing in the workflow's files. snakefmt is in the
+    test extra, so CI always runs this; elsewhere it skips only where snakefmt is not installed."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    exe = shutil.which("snakefmt") or shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("snakefmt is not installed under CI: pip install -e '.[test]' installs it")
+        pytest.skip("snakefmt is not installed (pip install -e '.[test]')")
+    files = ["Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow").rglob("*.smk")),
+             "workflow/Snakefile"]
+    res = subprocess.run([exe, "--check", *files], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, f"run `snakefmt {' '.join(files)}`:\n{res.stdout}{res.stderr}"
+
+
+def test_snakefmt_is_in_the_test_extra():
+    assert any(_requirement(s)[0] == "snakefmt" for s in _pyproject()["project"]["optional-dependencies"]["test"])

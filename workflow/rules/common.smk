@@ -10,8 +10,18 @@ RESULTS = "results"  # artifacts: results/{model}/...; an experiment's own outpu
 REPO_ROOT = os.path.dirname(WORKFLOW_DIR)
 TRAINING_FAMILIES = ("finetune", "prune", "retrain")
 # Flags that change how a job runs, not what it computes: left out of the artifact hash.
-OPERATIONAL_FLAGS = frozenset({"cache_dir", "eval_batch_size", "save_steps", "save_total_limit", "logging_steps",
-                               "preprocessing_num_workers", "dataloader_num_workers", "report_to"})
+OPERATIONAL_FLAGS = frozenset(
+    {
+        "cache_dir",
+        "eval_batch_size",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "report_to",
+    }
+)
 # Keys of a stage setting that are not flags of its command (they choose inputs; they still key the artifact).
 STAGE_ONLY_KEYS = frozenset({"start"})
 OFFLINE_ENV = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
@@ -43,14 +53,17 @@ def refuse_report_without_table(experiment_dir):
     if report_requested() and not os.path.exists(table):
         files = " ".join(f"--configfile {f}" for f in (workflow.overwrite_configfiles or []))
         run = f"snakemake --cores N {files}".strip()
-        sys.stderr.write(f"lpaf workflow: experiment {os.path.basename(experiment_dir)!r} has no table yet ({table}); "
-                         f"run it first ({run}), then the report; no report was written\n")
+        sys.stderr.write(
+            f"lpaf workflow: experiment {os.path.basename(experiment_dir)!r} has no table yet ({table}); "
+            f"run it first ({run}), then the report; no report was written\n"
+        )
         sys.exit(2)
 
 
 # --------------------------------------------------------------------------------------------
 # Flags and inputs used by the rules
 # --------------------------------------------------------------------------------------------
+
 
 def to_flags(flags):
     """{'max_train_samples': 8, 'distill': False} -> '--max-train-samples 8 --no-distill'."""
@@ -156,8 +169,9 @@ def stage_flags(family):
     def get(wildcards):
         key = (wildcards.task, getattr(wildcards, token_key))
         if key not in PLAN.stages[family]:
-            raise ValueError(f"{getattr(wildcards, token_key)} is not a {family} setting of task {wildcards.task} "
-                             f"in this config")
+            raise ValueError(
+                f"{getattr(wildcards, token_key)} is not a {family} setting of task {wildcards.task} " f"in this config"
+            )
         name, density, flags = PLAN.stages[family][key]
         if density is not None:
             flags = flags | {"density": dtok(density)}
@@ -196,8 +210,11 @@ def teacher_flags(wildcards):
 
 
 def evaluate_flags(wildcards):
-    data = {k: v for k, v in _merged(config["data"], config["task_settings"].get(wildcards.task, {}).get("data")).items()
-            if k != "max_train_samples"}
+    data = {
+        k: v
+        for k, v in _merged(config["data"], config["task_settings"].get(wildcards.task, {}).get("data")).items()
+        if k != "max_train_samples"
+    }
     ev = config["evaluate"]
     if ev["max_eval_samples"] is not None:
         data["max_eval_samples"] = ev["max_eval_samples"]

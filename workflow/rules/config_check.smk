@@ -10,6 +10,7 @@ import yaml
 # Config checking: every problem at once, each naming the key and what is accepted
 # --------------------------------------------------------------------------------------------
 
+
 def load_schema(path):
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
@@ -44,8 +45,7 @@ def _format_error(error, schema):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         where = f"under '{key}'" if error.absolute_path else "at the top level"
-        return (f"unknown key(s) {', '.join(repr(k) for k in extra)} {where}; "
-                f"accepted keys: {', '.join(allowed)}")
+        return f"unknown key(s) {', '.join(repr(k) for k in extra)} {where}; " f"accepted keys: {', '.join(allowed)}"
     if kind == "propertyNames":
         sub = error.validator_value
         if "enum" in sub:
@@ -87,15 +87,20 @@ def semantic_problems(cfg):
             name = chain.get(family)
             if name is not None and name not in cfg[family]:
                 defined = ", ".join(cfg[family]) or "none"
-                problems.append(f"methods.{method}.{family} = {name!r} names no setting under '{family}'; "
-                                f"defined: {defined}")
+                problems.append(
+                    f"methods.{method}.{family} = {name!r} names no setting under '{family}'; " f"defined: {defined}"
+                )
         for t in chain.get("tasks") or []:
             if t not in tasks:
-                problems.append(f"methods.{method}.tasks names {t!r}, which is not in tasks; accepted values: "
-                                f"{', '.join(tasks)}")
+                problems.append(
+                    f"methods.{method}.tasks names {t!r}, which is not in tasks; accepted values: "
+                    f"{', '.join(tasks)}"
+                )
         if chain.get("retrain") is not None and chain.get("factorize") is None:
-            problems.append(f"methods.{method}: a retrain stage needs a factorize stage before it "
-                            f"(accepted chains: none, prune, factorize, prune+factorize, [prune+]factorize+retrain)")
+            problems.append(
+                f"methods.{method}: a retrain stage needs a factorize stage before it "
+                f"(accepted chains: none, prune, factorize, prune+factorize, [prune+]factorize+retrain)"
+            )
     for m in cfg["run_methods"] or []:
         if m not in cfg["methods"]:
             problems.append(f"run_methods names unknown method {m!r}; accepted values: {', '.join(cfg['methods'])}")
@@ -105,25 +110,33 @@ def semantic_problems(cfg):
                 problems.append(f"{key}.tasks names {t!r}, which is not in tasks; accepted values: {', '.join(tasks)}")
     experiment = experiment_of(cfg)
     if not cfg["name"] and not EXPERIMENT_NAME.fullmatch(experiment):
-        problems.append(f"the experiment name {experiment!r} (the config file's name) is not allowed; names use "
-                        f"{NAME_HELP}: set `name:` in the config (or --config name=...)")
+        problems.append(
+            f"the experiment name {experiment!r} (the config file's name) is not allowed; names use "
+            f"{NAME_HELP}: set `name:` in the config (or --config name=...)"
+        )
     if cfg["compute"]["precision"] not in ("fp32", "auto") and cfg["compute"]["device"] == "cpu":
-        problems.append(f"compute.precision = {cfg['compute']['precision']!r} needs compute.device cuda; "
-                        f"accepted on cpu: fp32, auto")
+        problems.append(
+            f"compute.precision = {cfg['compute']['precision']!r} needs compute.device cuda; "
+            f"accepted on cpu: fp32, auto"
+        )
     if cfg["smoke_assets"]:
         for key in ("model_path", "data_dir"):
             if not cfg[key]:
                 problems.append(f"smoke_assets: true needs {key} (where the synthetic assets are written)")
     else:
         if cfg["model_path"] is not None and not os.path.isfile(os.path.join(cfg["model_path"], "config.json")):
-            problems.append(f"model_path = {cfg['model_path']!r}: no such model directory (no config.json there); "
-                            f"accepted: a local directory from 'lpaf fetch-model' or save_pretrained, or null")
+            problems.append(
+                f"model_path = {cfg['model_path']!r}: no such model directory (no config.json there); "
+                f"accepted: a local directory from 'lpaf fetch-model' or save_pretrained, or null"
+            )
         data_dirs = [("data_dir", cfg["data_dir"])]
         data_dirs += [(f"task_settings.{t}.data_dir", s.get("data_dir")) for t, s in cfg["task_settings"].items()]
         for key, path in data_dirs:
             if path is not None and not os.path.isdir(path):
-                problems.append(f"{key} = {path!r}: no such directory; accepted: an existing local data directory "
-                                f"or null (download from the hub)")
+                problems.append(
+                    f"{key} = {path!r}: no such directory; accepted: an existing local data directory "
+                    f"or null (download from the hub)"
+                )
     return problems
 
 

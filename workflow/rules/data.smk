@@ -4,6 +4,7 @@
 # The fetch rules enter the DAG only when model_path / data_dir are null; the smoke rule exists
 # only with smoke_assets: true, so no rule can ever claim (and overwrite) a user's local files.
 
+
 rule fetch_model:
     output:
         "resources/models/{model}/metrics.json",

@@ -11,7 +11,7 @@ rule evaluate:
     log:
         "logs/{model}/{task}/s{seed}/{chain}/evaluate.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{chain}/evaluate.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{chain}/evaluate.benchmark.tsv"
     params:
         model=lambda wildcards, input: out_dir(input.model),
         data=lambda wildcards: data_flags(wildcards.task),
@@ -36,7 +36,7 @@ rule rank_study:
     log:
         "logs/{model}/{task}/s{seed}/{chain}/rank_study.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{chain}/rank_study.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{chain}/rank_study.benchmark.tsv"
     params:
         model=lambda wildcards, input: out_dir(input.model),
     threads: config["compute"]["eval_threads"]
@@ -57,7 +57,7 @@ rule timing:
     log:
         f"logs/{EXPERIMENT}/timing.log",
     benchmark:
-        f"logs/{EXPERIMENT}/timing.benchmark.tsv",
+        f"logs/{EXPERIMENT}/timing.benchmark.tsv"
     params:
         models=lambda wildcards, input: " ".join(shlex.quote(out_dir(m)) for m in input.models),
         flags=to_flags({"rounds": config["evaluate"]["latency_batches"]}),

@@ -10,7 +10,7 @@ rule factorize:
     log:
         "logs/{model}/{task}/s{seed}/{source}/{fact}/factorize.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{source}/{fact}/factorize.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{source}/{fact}/factorize.benchmark.tsv"
     params:
         source=lambda wildcards, input: out_dir(input.source),
         data=lambda wildcards: data_flags(wildcards.task),

@@ -11,7 +11,7 @@ rule finetune:
     log:
         "logs/{model}/{task}/s{seed}/{teacher}/finetune.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{teacher}/finetune.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{teacher}/finetune.benchmark.tsv"
     params:
         model=model_dir(),
         revision=to_flags({"model_revision": config["model_revision"]}),

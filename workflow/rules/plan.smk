@@ -26,6 +26,7 @@ RANK_STUDY_TASKS = ("mrpc", "rte", "cola")
 # The plan: settings per stage, artifact tokens, rows of the table
 # --------------------------------------------------------------------------------------------
 
+
 def dtok(density):
     """Density as it appears in paths and flags: 0.25 -> '0.25', 1 -> '1'."""
     return format(float(density), ".10g")
@@ -114,11 +115,20 @@ class Plan:
                     if chain.get("retrain"):
                         parts.append(self._token("retrain", task, chain["retrain"])[0])
                     for seed in self.seeds:
-                        self.rows.append({
-                            "model": self.model, "task": task, "method": method, "label": label,
-                            "density": 1.0 if dense else float(density), "seed": seed, "dense": dense,
-                            "pruner": pruner, "chain": posixpath.join(*parts), "dir": self.artifact(task, seed, *parts),
-                        })
+                        self.rows.append(
+                            {
+                                "model": self.model,
+                                "task": task,
+                                "method": method,
+                                "label": label,
+                                "density": 1.0 if dense else float(density),
+                                "seed": seed,
+                                "dense": dense,
+                                "pruner": pruner,
+                                "chain": posixpath.join(*parts),
+                                "dir": self.artifact(task, seed, *parts),
+                            }
+                        )
 
         self._build_rank_study()
 
@@ -129,8 +139,9 @@ class Plan:
         densities = self.rank_densities()
         for task in self.rank_tasks():
             pruners = list(dict.fromkeys(r["pruner"] for r in self.rows if r["task"] == task and r["pruner"]))
-            self.rank_prunes[task] = [(p, float(d), self._token("prune", task, p, d)[0])
-                                      for p in pruners for d in densities]
+            self.rank_prunes[task] = [
+                (p, float(d), self._token("prune", task, p, d)[0]) for p in pruners for d in densities
+            ]
 
     def methods(self):
         """The method keys this run plans (run_methods, else every method)."""
@@ -162,13 +173,17 @@ class Plan:
         for r in self.rows:
             dense_dir = self.artifact(r["task"], r["seed"], self.teacher[r["task"]][0])
             measured = r["task"] in latency
-            out.append({k: r[k] for k in ("model", "task", "method", "label", "density", "seed", "dense", "chain")}
-                       | {"metrics": f"{r['dir']}/metrics.json",
-                          "eval": f"{r['dir']}/eval.json" if measured else None,  # reload + score check
-                          "dense_eval": f"{dense_dir}/eval.json" if measured else None,
-                          "timing": self.timing_file() if measured else None,
-                          "timing_model": r["dir"] if measured else None,
-                          "timing_dense": dense_dir if measured else None})
+            out.append(
+                {k: r[k] for k in ("model", "task", "method", "label", "density", "seed", "dense", "chain")}
+                | {
+                    "metrics": f"{r['dir']}/metrics.json",
+                    "eval": f"{r['dir']}/eval.json" if measured else None,  # reload + score check
+                    "dense_eval": f"{dense_dir}/eval.json" if measured else None,
+                    "timing": self.timing_file() if measured else None,
+                    "timing_model": r["dir"] if measured else None,
+                    "timing_dense": dense_dir if measured else None,
+                }
+            )
         return out
 
     def timing_file(self):
@@ -182,14 +197,26 @@ class Plan:
         for task in self.rank_tasks():
             teacher = self.teacher[task][0]
             entries = [(teacher, "dense", 1.0, True)]
-            entries += [(posixpath.join(teacher, token), pruner, density, False)
-                        for pruner, density, token in self.rank_prunes[task]]
+            entries += [
+                (posixpath.join(teacher, token), pruner, density, False)
+                for pruner, density, token in self.rank_prunes[task]
+            ]
             for seed in self.seeds:
                 for chain, label, density, dense in entries:
                     d = self.artifact(task, seed, chain)
-                    out.append({"model": self.model, "task": task, "seed": seed, "label": label,
-                                "density": density, "dense": dense, "chain": chain,
-                                "rank": f"{d}/rank.json", "metrics": f"{d}/metrics.json"})
+                    out.append(
+                        {
+                            "model": self.model,
+                            "task": task,
+                            "seed": seed,
+                            "label": label,
+                            "density": density,
+                            "dense": dense,
+                            "chain": chain,
+                            "rank": f"{d}/rank.json",
+                            "metrics": f"{d}/metrics.json",
+                        }
+                    )
         return out
 
     def wildcard_constraints(self):

@@ -12,7 +12,7 @@ rule prune:
     log:
         "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{teacher}/{prune}/prune.benchmark.tsv"
     params:
         model=prune_model_flags,
         data=lambda wildcards: data_flags(wildcards.task),

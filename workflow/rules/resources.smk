@@ -36,8 +36,15 @@ from lpaf.smoke import SPLIT_SIZES as SMOKE_SPLIT_SIZES
 # evaluation cost minutes of CPU (benchmarks/results/factorize_placement.json), less than a GPU
 # allocation's queue wait and the GPU-hours their time limits would reserve (workflow/README.md).
 GPU_RULES = ("finetune", "prune", "retrain", "timing")
-STAGE_OF_RULE = {"finetune": "finetune", "prune": "prune", "factorize": "factorize", "retrain": "retrain",
-                 "evaluate": "evaluate", "rank_study": "rank-study", "timing": "time-models"}
+STAGE_OF_RULE = {
+    "finetune": "finetune",
+    "prune": "prune",
+    "factorize": "factorize",
+    "retrain": "retrain",
+    "evaluate": "evaluate",
+    "rank_study": "rank-study",
+    "timing": "time-models",
+}
 
 
 def calibration_file(path):
@@ -57,8 +64,10 @@ def calibrations():
     for path in config["cluster"]["calibration"]:
         found = calibration_file(path)
         if found is None:
-            problems.append(f"cluster.calibration: {path} not found (relative paths: the working directory, "
-                            f"then {REPO_ROOT}); write one with `lpaf calibrate`")
+            problems.append(
+                f"cluster.calibration: {path} not found (relative paths: the working directory, "
+                f"then {REPO_ROOT}); write one with `lpaf calibrate`"
+            )
             continue
         try:
             loaded.append(lpaf_plan.load_calibration(found))
@@ -86,8 +95,10 @@ def job_flags(rule_name, wildcards):
     if rule_name == "evaluate":
         data = _merged(config["data"], config["task_settings"].get(task, {}).get("data"))
         ev = config["evaluate"]["max_eval_samples"]
-        return {"max_length": data.get("max_length"),
-                "max_eval_samples": ev if ev is not None else data.get("max_eval_samples")}
+        return {
+            "max_length": data.get("max_length"),
+            "max_eval_samples": ev if ev is not None else data.get("max_eval_samples"),
+        }
     if rule_name == "timing":
         return {"rounds": config["evaluate"]["latency_batches"], "models": timing_inputs(wildcards)}
     token = {"prune": "prune", "factorize": "fact", "retrain": "retrain"}.get(rule_name)
@@ -137,10 +148,15 @@ def job_gpus(rule_name):
 def planned_job(rule_name, wildcards):
     """The job as `lpaf plan` describes it (lpaf.plan.PlannedJob)."""
     task = wildcards.get("task")
-    return lpaf_plan.describe_job(rule_name, STAGE_OF_RULE[rule_name], task, job_flags(rule_name, wildcards),
-                                  train_examples(task) if rule_name in TRAINING_FAMILIES else None,
-                                  device="cuda" if uses_gpu(rule_name) else "cpu",
-                                  gpus=max(1, job_gpus(rule_name)))
+    return lpaf_plan.describe_job(
+        rule_name,
+        STAGE_OF_RULE[rule_name],
+        task,
+        job_flags(rule_name, wildcards),
+        train_examples(task) if rule_name in TRAINING_FAMILIES else None,
+        device="cuda" if uses_gpu(rule_name) else "cpu",
+        gpus=max(1, job_gpus(rule_name)),
+    )
 
 
 def estimated_seconds(rule_name, wildcards):
@@ -148,8 +164,10 @@ def estimated_seconds(rule_name, wildcards):
     job = planned_job(rule_name, wildcards)
     seconds, _ = lpaf_plan.estimate_seconds(job, list(calibrations()))
     if seconds is None:
-        raise WorkflowError(f"no calibration in cluster.calibration prices a {job.kind} job ({rule_name}); "
-                            f"add one that does (`lpaf calibrate` times every stage)")
+        raise WorkflowError(
+            f"no calibration in cluster.calibration prices a {job.kind} job ({rule_name}); "
+            f"add one that does (`lpaf calibrate` times every stage)"
+        )
     return seconds
 
 
@@ -164,19 +182,23 @@ def warn_beyond_cap(rule_name, wildcards, seconds):
     c = config["cluster"]
     retries = getattr(workflow.execution_settings, "retries", 0) or 0
     for attempt in range(1, retries + 2):
-        limit, wanted = lpaf_plan.time_limit_min(seconds, float(c["runtime_safety"]), attempt,
-                                                 int(c["min_runtime_min"]), int(c["max_runtime_min"]))
+        limit, wanted = lpaf_plan.time_limit_min(
+            seconds, float(c["runtime_safety"]), attempt, int(c["min_runtime_min"]), int(c["max_runtime_min"])
+        )
         if wanted <= limit:
             continue
         key = (rule_name, wildcards.get("task"), attempt)
         if key not in _CAP_WARNED:
             _CAP_WARNED.add(key)
             setting = next((wildcards[k] for k in ("retrain", "fact", "prune", "teacher") if k in wildcards.keys()), "")
-            print(f"lpaf: time limit above cluster.max_runtime_min: {rule_name} {wildcards.get('task') or ''} "
-                  f"({setting}) attempt {attempt} would need {wanted:,} min (plan {seconds / 60:,.0f} min x "
-                  f"runtime_safety {c['runtime_safety']} x {attempt}); it gets {limit:,} and may time out "
-                  f"(and likewise for other jobs of this rule and task): set max_runtime_min to your "
-                  f"partition's MaxTime, or shorten the job", file=sys.stderr)
+            print(
+                f"lpaf: time limit above cluster.max_runtime_min: {rule_name} {wildcards.get('task') or ''} "
+                f"({setting}) attempt {attempt} would need {wanted:,} min (plan {seconds / 60:,.0f} min x "
+                f"runtime_safety {c['runtime_safety']} x {attempt}); it gets {limit:,} and may time out "
+                f"(and likewise for other jobs of this rule and task): set max_runtime_min to your "
+                f"partition's MaxTime, or shorten the job",
+                file=sys.stderr,
+            )
         return
 
 
@@ -188,8 +210,9 @@ def runtime_min(rule_name):
         seconds = estimated_seconds(rule_name, wildcards)
         if attempt == 1:
             warn_beyond_cap(rule_name, wildcards, seconds)
-        limit, _ = lpaf_plan.time_limit_min(seconds, float(c["runtime_safety"]), attempt,
-                                            int(c["min_runtime_min"]), int(c["max_runtime_min"]))
+        limit, _ = lpaf_plan.time_limit_min(
+            seconds, float(c["runtime_safety"]), attempt, int(c["min_runtime_min"]), int(c["max_runtime_min"])
+        )
         return limit
 
     return get
@@ -203,8 +226,12 @@ def memory_calibration():
         return None
     found = calibration_file(path)
     if found is None:
-        stop_with_config_errors([f"cluster.memory: {path} not found (relative paths: the working directory, then "
-                                 f"{REPO_ROOT}); write one with benchmarks/memory_calibration.py"])
+        stop_with_config_errors(
+            [
+                f"cluster.memory: {path} not found (relative paths: the working directory, then "
+                f"{REPO_ROOT}); write one with benchmarks/memory_calibration.py"
+            ]
+        )
     with open(found, encoding="utf-8") as f:
         return json.load(f)
 
@@ -222,9 +249,11 @@ def model_parameters():
                     break
     known = lpaf_plan.KNOWN_MODEL_PARAMETERS.get(config["model"])
     if known is None and memory_calibration() is not None and not config["smoke_assets"]:
-        print(f"lpaf: warning: parameters of {config['model']} unknown before it is fetched: memory requests are "
-              f"cluster.memory's peaks unscaled (set cluster.mem_mb per rule, or fetch the model first)",
-              file=sys.stderr)
+        print(
+            f"lpaf: warning: parameters of {config['model']} unknown before it is fetched: memory requests are "
+            f"cluster.memory's peaks unscaled (set cluster.mem_mb per rule, or fetch the model first)",
+            file=sys.stderr,
+        )
     return known
 
 
@@ -264,7 +293,11 @@ def cluster_resources(rule_name, threads_key):
         _PARTITION_CHECKED.append(True)
         warn_about_default_partition()
     where = c["gpu"] if uses_gpu(rule_name) else c["cpu"]
-    out = {"cpus_per_task": config["compute"][threads_key], "runtime": runtime_min(rule_name), "mem_mb": mem_mb(rule_name)}
+    out = {
+        "cpus_per_task": config["compute"][threads_key],
+        "runtime": runtime_min(rule_name),
+        "mem_mb": mem_mb(rule_name),
+    }
     if uses_gpu(rule_name):
         # training runs DDP over compute.gpus (torchrun); factorize, evaluate and timing are one process
         out["gpu"] = job_gpus(rule_name)
@@ -287,9 +320,11 @@ def signal_before_end_s(wildcards, resources):
     margin = int(config["cluster"]["signal_before_end_s"]) if cluster_run() else 0
     if cluster_run() and margin == 0 and not _MARGIN_WARNED:
         _MARGIN_WARNED.append(True)
-        print("lpaf: warning: cluster.signal_before_end_s is 0: a training job that reaches its time limit is "
-              "killed without a checkpoint, and its retry starts from its last save_steps checkpoint",
-              file=sys.stderr)
+        print(
+            "lpaf: warning: cluster.signal_before_end_s is 0: a training job that reaches its time limit is "
+            "killed without a checkpoint, and its retry starts from its last save_steps checkpoint",
+            file=sys.stderr,
+        )
     runtime_min = resources.get("runtime", 0) or 0
     return min(margin, int(runtime_min) * 30) if runtime_min else margin
 
@@ -301,6 +336,9 @@ def warn_about_default_partition():
     partition = defaults.get("slurm_partition") if hasattr(defaults, "get") else None
     partition = getattr(partition, "raw", partition)
     if partition and not config["cluster"]["cpu"].get("partition"):
-        print(f"lpaf: warning: --default-resources slurm_partition={partition} also sends the CPU jobs (rank_study, "
-              f"factorize, evaluate) there; set cluster.cpu.partition and cluster.gpu.partition in the config "
-              f"instead (workflow/README.md)", file=sys.stderr)
+        print(
+            f"lpaf: warning: --default-resources slurm_partition={partition} also sends the CPU jobs (rank_study, "
+            f"factorize, evaluate) there; set cluster.cpu.partition and cluster.gpu.partition in the config "
+            f"instead (workflow/README.md)",
+            file=sys.stderr,
+        )

@@ -11,7 +11,7 @@ rule retrain:
     log:
         "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.log",
     benchmark:
-        "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.benchmark.tsv",
+        "logs/{model}/{task}/s{seed}/{source}/{fact}/{retrain}/retrain.benchmark.tsv"
     params:
         model=lambda wildcards, input: out_dir(input.model),
         teacher=lambda wildcards, input: out_dir(input.teacher),
