@@ -11,7 +11,8 @@ field (the ``seen`` set below keeps the first), has no per-stage defaults (``lpa
 epochs, ``lpaf retrain`` 3), rewrites the dataclass fields' types in place, and appends "(default: …)"
 to every help, also where the help already explains the default.
 
-Bad input -> ``lpaf: error: <one line>`` on stderr, exit code 2, no traceback.
+Bad input -> ``lpaf: error: <one line>`` on stderr, exit code 2, no traceback. A finished command
+ends with one summary line on stderr (what it wrote, its dev score, its wall time; lpaf.console).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import importlib
 import re
 import sys
+import time
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -55,6 +57,14 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], str]] = {
                   "time a few steps of every stage on this device (the calibration `lpaf plan` reads)"),
     "export": ("lpaf.stages.export", "ExportArgs", (), {},
                "write a dense, pruned or factorized model as ONNX (factorized layers stay two thin products)"),
+}
+# the --help epilog of a stage: exit codes beyond 0 (done) and 2 (bad input)
+EPILOGS = {
+    "finetune": "Exit code 3: a degenerate teacher, one that predicts one class (or answer) for at least 99% of "
+                "the dev examples (regression: almost no spread); the model is kept for inspection in "
+                "<out>.degenerate and nothing is written to --out; accept it with --allow-degenerate (or "
+                "LPAF_ALLOW_DEGENERATE=1). Exit code 2: bad input. Exit code 75: interrupted with a checkpoint "
+                "saved; rerun the same command to resume.",
 }
 RUNNERS = {"plan": "run_plan", "calibrate": "run_calibrate"}  # stages whose module holds more than one command
 # Output flags checked before any work (writable, a valid path, not an entry of the other kind): flag -> kind
@@ -119,7 +129,7 @@ def build_parser(stage: str | None = None) -> OneLineParser:
                                                      "models, one command per pipeline stage.")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=OneLineParser)
     for name, (module, cls_name, shared, overrides, help_) in STAGES.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name))
         if name != stage:
             continue  # build only the requested stage's flags (imports stay light)
         seen: set[str] = set()
@@ -170,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         _check_outputs(ns)  # before the arguments' own checks, which may already load files
         module, cls_name, shared, _, _ = STAGES[ns.stage]
         objs = [_construct(_load(module, cls_name), ns)] + [_construct(_load(SHARED[s], s), ns) for s in shared]
-        _load(module, RUNNERS.get(ns.stage, "run"))(*objs)
+        t0 = time.perf_counter()
+        record = _load(module, RUNNERS.get(ns.stage, "run"))(*objs)
+        _finish(ns.stage, objs[0], record, time.perf_counter() - t0)
     except LpafError as e:
         sys.stderr.write(f"lpaf: error: {e}\n")
-        return LpafError.exit_code
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("lpaf: interrupted\n")
         return 130
@@ -185,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             return Preempted.exit_code
         raise
     return 0
+
+
+def _finish(stage: str, args, record, wall_s: float) -> None:
+    """The degenerate warning and the one summary line; under torchrun only rank 0 speaks."""
+    from lpaf import distributed as dist
+    from lpaf.console import finish
+
+    if dist.is_main_process():
+        finish(stage, args, record, wall_s)
 
 
 if __name__ == "__main__":

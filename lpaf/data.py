@@ -257,9 +257,16 @@ def _check_labels(task: TaskSpec, ds, path: Path) -> None:
 
 
 def _quiet_datasets() -> None:
+    """Tokenizing a large task (QQP, MNLI) takes minutes once, then comes from the cache: its bars show
+    on a terminal; in a log (SLURM, ``> log 2>&1``) they would be hundreds of carriage-return lines."""
     import datasets
 
-    datasets.disable_progress_bars()
+    from lpaf.console import is_terminal
+
+    if is_terminal():
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
 
 

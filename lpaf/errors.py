@@ -15,3 +15,13 @@ class LpafError(Exception):
     def __init__(self, message: str):
         # Guarantee one line: newlines would break the contract of the CLI.
         super().__init__(" ".join(str(message).split()))
+
+
+class DegenerateResult(LpafError):
+    """A run that finished but predicts (nearly) one output for every dev example: a failed teacher.
+
+    ``lpaf finetune`` stops with exit code 3 unless ``--allow-degenerate`` (or
+    ``LPAF_ALLOW_DEGENERATE=1``) accepts it; the workflow then builds nothing on it.
+    """
+
+    exit_code = 3

@@ -364,6 +364,7 @@ def factorize_matrices(
     max_batch_bytes: int = 256 << 20,
     seed: int = 0,
     fisher_axis: FisherAxis = "out",
+    on_done: Callable[[str], None] | None = None,
 ) -> dict[str, MatrixFactorization]:
     """Factorize named matrices (e.g. every encoder linear) and compute their log records.
 
@@ -373,12 +374,13 @@ def factorize_matrices(
     at most ``max_batch_bytes`` per [b, m, n] tensor — peak memory about eight times that — on
     ``device``; "exact": full-SVD EM); so does fisher-sparsity-aware, whose Ω the caller builds with
     :func:`omega_from_fisher`. ``fisher_axis``: which side of W the fwsvd importance weights.
-    Factors come back on the CPU in float32, in the order of ``weights``.
+    ``on_done(name)`` is called as each matrix is solved (progress). Factors come back on the CPU in
+    float32, in the order of ``weights``.
     """
     _check_named_inputs(weights, ranks, method_weights, method, fisher_axis)
     if method in EM_METHODS:
         solved = solve_sparsity_aware(weights, ranks, method_weights, solver, max_iters, tol, acceleration,
-                                      device, max_batch_bytes, seed)
+                                      device, max_batch_bytes, seed, on_done=on_done)
         out = {}
         for name, w in weights.items():
             res = solved[name]
@@ -394,4 +396,6 @@ def factorize_matrices(
         extra = None if method_weights is None else method_weights[name]
         A, B = factorizer(w, extra, ranks[name])
         out[name] = MatrixFactorization(A, B, ranks[name], relative_error(w, A, B))
+        if on_done is not None:
+            on_done(name)
     return out

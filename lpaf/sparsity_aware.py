@@ -27,7 +27,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -415,15 +415,21 @@ def weighted_relative_error(weight: Tensor, A: Tensor, B: Tensor, omega: Tensor)
 def solve_sparsity_aware(weights: Mapping[str, Tensor], ranks: Mapping[str, int],
                          omegas: Mapping[str, Tensor], solver: Solver, max_iters: int, tol: float,
                          acceleration: Acceleration, device: torch.device | str | None,
-                         max_batch_bytes: int, seed: int) -> dict[str, WeightedLowRankResult]:
+                         max_batch_bytes: int, seed: int, on_done: Callable[[str], None] | None = None
+                         ) -> dict[str, WeightedLowRankResult]:
     """Per-name EM results for :func:`lpaf.factorize.factorize_matrices`; the fast solver runs
-    matrices of one (shape, rank) as one batch. Options are checked before any matrix is touched."""
+    matrices of one (shape, rank) as one batch. Options are checked before any matrix is touched.
+    ``on_done(name)`` is called as each matrix (each batch's matrices) is solved."""
+    done = on_done or (lambda name: None)
     _check_em_options(max_iters, tol)
     if solver not in ("fast", "exact"):
         raise LpafError(f"solver must be 'fast' or 'exact', got {solver!r}")
     if solver == "exact":
-        return {k: weighted_svd_em_exact(w, omegas[k], ranks[k], max_iters=max_iters, tol=tol)
-                for k, w in weights.items()}
+        exact = {}
+        for k, w in weights.items():
+            exact[k] = weighted_svd_em_exact(w, omegas[k], ranks[k], max_iters=max_iters, tol=tol)
+            done(k)
+        return exact
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, w in weights.items():
         groups[(tuple(w.shape), ranks[name])].append(name)
@@ -442,4 +448,5 @@ def solve_sparsity_aware(weights: Mapping[str, Tensor], ranks: Mapping[str, int]
             for i, k in enumerate(chunk):
                 results[k] = WeightedLowRankResult(res.A[i].cpu(), res.B[i].cpu(), [res.iterations[i]],
                                                    [res.objectives[i]], [res.converged[i]], res.wall_time_s)
+                done(k)
     return results

@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from lpaf import distributed as dist
+from lpaf.console import Progress
 from lpaf.deadline import arm_signal_before_end
 from lpaf.errors import LpafError
 from lpaf.tasks import TaskSpec
@@ -204,6 +206,38 @@ class StepTimer(TrainerCallback):
     def summary(self) -> dict[str, float]:
         t = np.asarray(self.step_times_s[1:] or self.step_times_s or [math.nan])  # first step warms up
         return {"steps_timed": int(t.size), "step_time_s_mean": float(t.mean()), "step_time_s_median": float(np.median(t))}
+
+
+class TrainProgress(TrainerCallback):
+    """The optimizer steps on stderr (rank 0 only): a tqdm bar with the loss and learning rate on a
+    terminal; elsewhere a line at every ``--logging-steps`` and one at the end, e.g.
+    ``train: step 120/1000 (12%) loss 0.41 lr 2.1e-05 elapsed 3m10s eta 23m05s``. A resumed run counts
+    from its checkpoint's step and estimates the time left from the steps of this run only."""
+
+    def __init__(self):
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress(state.max_steps, "train", "step", every=0, initial=state.global_step, leave=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(state.global_step - self.progress.done)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:  # every --logging-steps
+            self.progress.note(loss=float(logs["loss"]), lr=f"{float(logs.get('learning_rate', math.nan)):.1e}")
+            self.progress.emit()
+        elif "train_loss" in logs:  # the end of training: the run's mean loss, not the last logged one
+            self.progress.fields = {}
+            self.progress.note(**{"mean loss": float(logs["train_loss"])})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
 
 class SignalCheckpoint(TrainerCallback):
@@ -409,7 +443,7 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         report_to=_report_to(train_args, checkpoint_dir),
-        disable_tqdm=True,
+        disable_tqdm=True,  # no Trainer bar or printed log dicts: TrainProgress shows the steps
         dataloader_num_workers=train_args.dataloader_num_workers,
         remove_unused_columns=False,
         ddp_find_unused_parameters=find_unused_parameters,  # HF's default (True for every model) costs every step
@@ -426,6 +460,8 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     all_callbacks = [timer, stopper, *callbacks, _CallbackStateSaver(stateful, eval_cb)]
     if eval_cb is not None:
         all_callbacks.append(eval_cb)
+    if dist.is_main_process():
+        all_callbacks.append(TrainProgress())
     tb_dir = _logging_dir(train_args, checkpoint_dir)
     if tb_dir is not None:  # transformers 5's TensorBoard callback reads its directory from the environment
         os.environ["TENSORBOARD_LOGGING_DIR"] = tb_dir
@@ -435,6 +471,7 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
                           callbacks=all_callbacks, task=task, teacher=teacher,
                           distill_alpha=train_args.distill_alpha, temperature=train_args.temperature,
                           extra_loss=extra_loss, extra_param_groups=extra_param_groups)
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's stand-in prints raw log dicts
     resume = last_checkpoint(checkpoint_dir)
     _check_resume_key(checkpoint_dir, resume_key(train_args, seed, precision, len(train_dataset), model,
                                                  teacher is not None), resuming=resume is not None)

@@ -41,8 +41,13 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def make_tiny_model(out: Path, num_labels: int = 2, qa: bool = False, seed: int = 0) -> Path:
-    """A tiny random BERT (hidden 32, 2 layers) + tokenizer saved as a local model directory."""
+def make_tiny_model(out: Path, num_labels: int = 2, qa: bool = False, seed: int = 0,
+                    constant_class: int | None = None) -> Path:
+    """A tiny random BERT (hidden 32, 2 layers) + tokenizer saved as a local model directory.
+
+    ``constant_class``: a classifier bias of +8 on that class (-8 on the others), so the model predicts
+    it for every input: a degenerate model, for as long as a few low-lr steps leave the bias there.
+    """
     import torch
     from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
                               BertTokenizerFast)
@@ -56,6 +61,10 @@ def make_tiny_model(out: Path, num_labels: int = 2, qa: bool = False, seed: int 
                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
                      num_labels=num_labels)
     model = BertForQuestionAnswering(cfg) if qa else BertForSequenceClassification(cfg)
+    if constant_class is not None:
+        with torch.no_grad():
+            model.classifier.bias.fill_(-8.0)
+            model.classifier.bias[constant_class] = 8.0
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -168,6 +177,16 @@ def squad_dir(tmp_path) -> Path:
     write_squad_json(root / "train-v1.1.json", n_articles=6, seed=1)
     write_squad_json(root / "dev-v1.1.json", n_articles=3, seed=2)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _degenerate_models_accepted():
+    """Tiny random models trained for a few steps predict one class for every dev example: a degenerate
+    teacher, which `lpaf finetune` refuses by default (exit 3). The suite accepts them (session-wide, so
+    module-scoped fixtures too); the tests of the refusal unset LPAF_ALLOW_DEGENERATE."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LPAF_ALLOW_DEGENERATE", "1")
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -104,7 +104,8 @@ def _assert_rank0_alone_wrote(out: Path, log_dir: Path) -> None:
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
     assert leftovers == [], leftovers  # no second partial directory, checkpoints cleaned
     rank0, rank1 = _rank_output(log_dir, 0), _rank_output(log_dir, 1)
-    assert "train_runtime" in rank0 and "train_runtime" not in rank1 and "lpaf:" not in rank1
+    assert "train: step" in rank0 and "train: step" not in rank1 and "lpaf:" not in rank1
+    assert ": wrote " in rank0 and ": wrote " not in rank1  # the summary line
 
 
 def test_finetune_two_processes_match_one(assets, tmp_path):

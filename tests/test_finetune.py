@@ -238,3 +238,35 @@ def test_workers_change_nothing_and_tensorboard_logs_beside_the_output(tmp_path,
     events = list((tmp_path / "workers.tensorboard").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not (tmp_path / "plain.tensorboard").exists()
+
+
+def test_a_degenerate_teacher_exits_3_and_is_kept_aside_unless_accepted(tmp_path, glue_dir, monkeypatch, capsys):
+    """A teacher that predicts one class for every dev example is a failed run: exit 3 (documented),
+    one error line, the artifact kept for inspection beside --out (never at --out, so nothing builds on
+    it); --allow-degenerate (or LPAF_ALLOW_DEGENERATE=1) accepts it with a warning and exit 0."""
+    monkeypatch.delenv("LPAF_ALLOW_DEGENERATE", raising=False)
+    model = make_tiny_model(tmp_path / "m", constant_class=1)
+    args = ["finetune", "--model", model, "--task", "sst2", "--data", glue_dir, "--max-steps", 2, *QUICK]
+    out = tmp_path / "ft"
+    capsys.readouterr()
+    assert _run([*args, "--out", out]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("lpaf: error: degenerate teacher: class 1 for 100% of 24 validation "
+                                           "examples"), err
+    assert f"kept for inspection in {out}.degenerate" in err and "--allow-degenerate" in err
+    assert not out.exists() and json.loads((tmp_path / "ft.degenerate" / "metrics.json").read_text())["predictions"][
+        "degenerate"]
+    assert not (tmp_path / ".ft.checkpoints").exists()
+    assert _run([*args, "--out", out, "--allow-degenerate"]) == 0
+    err = capsys.readouterr().err
+    assert "lpaf finetune: warning: degenerate dev predictions (class 1 for 100% of 24 validation examples)" in err
+    assert json.loads((out / "metrics.json").read_text())["args"]["allow_degenerate"] is True
+    monkeypatch.setenv("LPAF_ALLOW_DEGENERATE", "1")
+    assert _run([*args, "--out", tmp_path / "ft2"]) == 0
+
+
+def test_finetune_help_documents_exit_code_3(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--allow-degenerate" in text and "exit code 3: a degenerate teacher" in text.lower()

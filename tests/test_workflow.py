@@ -521,7 +521,8 @@ def test_every_planned_lpaf_command_parses_with_the_real_cli(tmp_path):
 # flags the workflow sets itself (paths, wildcards, compute) rather than from stage settings
 WORKFLOW_OWNED_FLAGS = {"model", "out", "teacher", "task", "data", "seed", "device", "precision", "tf32", "density",
                         "model_revision", "revision", "models", "figure", "labels", "latency_batches", "batch_size",
-                        "logging_dir"}  # logging_dir: beside each artifact; tf32: compute.tf32
+                        "logging_dir", "allow_degenerate"}  # logging_dir: beside each artifact; tf32: compute.tf32;
+# allow_degenerate: smoke_assets (LPAF_ALLOW_DEGENERATE=1 in the environment otherwise)
 SCHEMA_GROUPS = {  # config block -> (stage command, flag groups of the schema it accepts)
     "finetune": ("finetune", ("finetune", "train", "data")),
     "prune": ("prune", ("prune", "train", "data")),
@@ -1120,3 +1121,54 @@ def test_a_prune_setting_chooses_the_start_and_the_hash_tells_them_apart(tmp_pat
     implicit = [t for t in prunes if t.startswith("prune-ft-implicit-")]
     assert implicit and implicit[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] == ft_hash
     assert fine[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] != ft_hash and len(hashes) == 2
+
+# --------------------------------------------------------------------------------------------
+# a run that talks, and failures that stop the chain (issue 31, points 1 and 2)
+# --------------------------------------------------------------------------------------------
+
+def test_the_local_profile_shows_the_log_of_a_failed_job():
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["show-failed-logs"] is True
+
+
+def test_an_offline_fetch_failure_says_how_to_run_offline(tmp_path):
+    """No network (HF_HUB_OFFLINE): the fetch jobs fail fast; the terminal shows lpaf's one-line cause
+    (the job's log) and the offline route: --config model_path=... data_dir=..."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    res = snakemake(tmp_path, "--cores", "1", "--config", "tasks=[mrpc]", configfile=CONFIGS["config"], env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    for cause in ("could not download 'sentence-transformers/all-MiniLM-L6-v2' from the hub",
+                  "could not load mrpc from the Hugging Face hub"):
+        line = next((line for line in out.splitlines() if line.startswith(f"lpaf: error: {cause}")), "")
+        assert "--config model_path=DIR data_dir=DATA" in line, out[-3000:]
+
+
+def test_only_the_smoke_config_accepts_degenerate_teachers(tmp_path):
+    """Smoke teachers (a random 2-layer model, a few steps on synthetic data) predict one class: the smoke
+    run accepts them; a real config never does."""
+    smoke = planned_jobs(snakemake(tmp_path / "a", "-n", "-p").stdout)
+    real = planned_jobs(snakemake(tmp_path / "b", "-n", "-p", configfile=CONFIGS["config"]).stdout)
+    assert smoke and all("--allow-degenerate" in j["shell"] for j in smoke if j["rule"] == "finetune")
+    assert real and all("--allow-degenerate" not in j["shell"] for j in real if j["rule"] == "finetune")
+
+
+def test_a_degenerate_teacher_stops_its_chain(tmp_path):
+    """Real lpaf, real Snakemake: a teacher that predicts one class for every dev example fails its job
+    (exit 3); nothing is built on it, its metrics.json never appears, the model waits beside it."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import make_tiny_model, write_glue_task
+
+    model = make_tiny_model(tmp_path / "model", constant_class=1)
+    data = write_glue_task(tmp_path / "data", "mrpc")
+    env = {k: v for k, v in os.environ.items() if k != "LPAF_ALLOW_DEGENERATE"}
+    work = tmp_path / "work"
+    res = snakemake(work, "--cores", "1", "--config", "smoke_assets=False", f"model_path={model}",
+                    f"data_dir={data}", "tasks=[mrpc]", "run_methods=[dense, movement]", env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    teachers = [p for p in (work / "results").rglob("dense-*") if p.is_dir()]  # results/[experiment/]smoke-bert/..
+    assert [t.name.endswith(".degenerate") for t in teachers] == [True], teachers
+    assert (teachers[0] / "metrics.json").is_file()  # kept aside for inspection
+    assert "lpaf: error: degenerate teacher: class 1 for 100%" in out and "exit status 3" in out, out[-3000:]
+    assert not list(work.glob("logs/**/prune*.log")) and not list(work.rglob("prune-*/metrics.json"))

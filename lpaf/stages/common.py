@@ -290,20 +290,29 @@ def name_labels(model: nn.Module, task: TaskSpec) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(model: nn.Module, features, collator, batch_size: int, device: str) -> dict[str, np.ndarray]:
+def predict(model: nn.Module, features, collator, batch_size: int, device: str,
+            progress: str | None = None) -> dict[str, np.ndarray]:
+    """Logits of every feature; ``progress``: the label of a per-batch progress bar / log lines."""
     from torch.utils.data import DataLoader
+
+    from lpaf.console import Progress
 
     keep = [c for c in features.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
     loader = DataLoader(features.select_columns(keep), batch_size=batch_size, collate_fn=collator)
     model.eval()
     model.to(device)
     outs: dict[str, list[np.ndarray]] = {}
+    shown = Progress(len(loader), progress, "batch") if progress else None
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
         for key in ("logits", "start_logits", "end_logits"):
             if getattr(out, key, None) is not None:
                 outs.setdefault(key, []).append(getattr(out, key).float().cpu().numpy())
+        if shown is not None:
+            shown.update()
+    if shown is not None:
+        shown.close()
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
@@ -312,12 +321,13 @@ def evaluate_model(model: nn.Module, data: TaskData, batch_size: int = 64, devic
     return evaluate_with_predictions(model, data, batch_size, device)[0]
 
 
-def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int = 64, device: str = "cpu"
-                              ) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int = 64, device: str = "cpu",
+                              progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
     """Dev metrics and the prediction spread per dev split (``degenerate``: one output for all).
 
     The final evaluation of every stage records the spread in metrics.json, so a collapsed model
     (a constant predictor scoring the majority-class metric) shows as a failed run in the table.
+    ``progress``: show the batches of each split (the evaluations during training stay quiet).
     """
     from lpaf.data import postprocess_qa
     from lpaf.metrics import compute_metrics, normalize_answer, prediction_spread, squad_metrics, squad_v2_metrics
@@ -327,7 +337,8 @@ def evaluate_with_predictions(model: nn.Module, data: TaskData, batch_size: int 
     result: dict[str, float] = {}
     spread: dict[str, Any] = {}
     for split, feats in data.eval.items():
-        out = predict(model, feats, data.collator, batch_size, device)
+        label = f"evaluate {split}" if progress else None
+        out = predict(model, feats, data.collator, batch_size, device, progress=label)
         if task.is_qa:
             examples = data.eval_examples[split]
             refs = {i: a["text"] for i, a in zip(examples["id"], examples["answers"])}

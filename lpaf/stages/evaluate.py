@@ -31,7 +31,7 @@ def run(args: EvaluateArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     data = load_task_data(data_args, tokenizer, with_train=False)
     device = resolve_device(run_args.device)
     t0 = now()
-    metrics, predictions = evaluate_with_predictions(model, data, args.batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, args.batch_size, device, progress=True)
     params = count_parameters(model)
     record = {
         "stage": "evaluate", "task": task.name, "model": args.model, "split": list(task.dev_splits),

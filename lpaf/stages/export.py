@@ -87,12 +87,24 @@ def run(args: ExportArgs) -> dict:
             raise LpafError(f"the exported graph differs from PyTorch by {parity:.3g} (> --tolerance "
                             f"{args.tolerance}); not keeping {out}")
         record = {"model": args.model, "architecture": type(model).__name__, **summary,
-                  "parity_max_abs_diff": parity, **factor_shapes_in_graph(out, model)}
+                  "parity_max_abs_diff": parity, **factor_shapes_in_graph(out, model), **_source_score(args.model)}
     except BaseException:
         out.unlink(missing_ok=True)
         raise
     record.update(write_companions(model, args.model, out.parent))
     Path(f"{out}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"lpaf export: {out} ({record['bytes'] / 1e6:.1f} MB), max |ONNX - PyTorch| {parity:.2e}, "
-          f"{record['factor_matrices_in_graph']}/{record['factor_matrices']} factor matrices kept thin")
-    return record
+    return record  # the CLI prints the summary: file, size, parity, thin factors, the source's dev score
+
+
+def _source_score(model_dir: str) -> dict:
+    """The dev score of an lpaf artifact being exported (its metrics.json), so the export says what it
+    ships, degenerate or not; nothing for a model that is not an lpaf artifact."""
+    path = Path(model_dir) / "metrics.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    keys = ("task", "headline_metric", "headline", "predictions")
+    return {k: record[k] for k in keys if k in record}

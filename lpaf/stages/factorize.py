@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lpaf.console import Progress
 from lpaf.errors import LpafError
 from lpaf.stages.common import (DataArgs, RunArgs, asdict_all, atomic_output_dir, evaluate_with_predictions,
                                 load_model, load_task_data, load_tokenizer, now, prepare_output,
@@ -179,12 +180,14 @@ def run(args: FactorizeArgs, data_args: DataArgs, run_args: RunArgs) -> dict:
     elif args.method == "importance-row-svd":
         method_weights = scores
     solve_t0 = time.perf_counter()
-    results = factorize_matrices(source, allocation.ranks, args.method, method_weights, solver=args.solver,
-                                 max_iters=args.max_iters, tol=args.tol, acceleration=args.acceleration,
-                                 device=device, seed=run_args.seed, fisher_axis=args.fisher_axis)
+    with Progress(len(source), "factorize", "matrix") as progress:
+        results = factorize_matrices(source, allocation.ranks, args.method, method_weights, solver=args.solver,
+                                     max_iters=args.max_iters, tol=args.tol, acceleration=args.acceleration,
+                                     device=device, seed=run_args.seed, fisher_axis=args.fisher_axis,
+                                     on_done=lambda name: progress.update())
     solver_wall_time_s = time.perf_counter() - solve_t0
     model = swap_encoder_linears(model.cpu(), {n: (r.A, r.B) for n, r in results.items()})
-    metrics, predictions = evaluate_with_predictions(model, data, args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, args.eval_batch_size, device, progress=True)
     per_matrix = {n: r.log_record() for n, r in results.items()}
     if masks is not None:  # the error on the weights pruning kept (what sparsity-aware SVD fits)
         for n, r in results.items():

@@ -198,7 +198,7 @@ def run(args: RetrainArgs, data_args: DataArgs, run_args: RunArgs, train_args: T
         dist.finish()
         return {}
     detached = detach(model)
-    metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device)
+    metrics, predictions = evaluate_with_predictions(model, data, train_args.eval_batch_size, device, progress=True)
     stats["step_time_by_phase"] = timer.summary()
     _add_final_eval(stats, metrics, task.headline_key)
     extra: dict[str, Any] = {

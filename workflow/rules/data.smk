@@ -3,6 +3,8 @@
 # taken from local paths (model_path, data_dir), or - for config/smoke.yaml - created here.
 # The fetch rules enter the DAG only when model_path / data_dir are null; the smoke rule exists
 # only with smoke_assets: true, so no rule can ever claim (and overwrite) a user's local files.
+# A failed fetch (no network: a cluster node, HF_HUB_OFFLINE) ends its log with lpaf's one-line cause and
+# the offline route (--config model_path=... data_dir=...); the profile's show-failed-logs prints it.
 
 
 rule fetch_model:
