@@ -1122,6 +1122,7 @@ def test_a_prune_setting_chooses_the_start_and_the_hash_tells_them_apart(tmp_pat
     assert implicit and implicit[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] == ft_hash
     assert fine[0].rsplit("-d", 1)[0].rsplit("-", 1)[1] != ft_hash and len(hashes) == 2
 
+
 # --------------------------------------------------------------------------------------------
 # a run that talks, and failures that stop the chain (issue 31, points 1 and 2)
 # --------------------------------------------------------------------------------------------
