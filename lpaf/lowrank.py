@@ -358,8 +358,6 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
     ``config.architectures``. ``kwargs`` go to ``from_config`` (low-rank) or ``from_pretrained``
     (plain), e.g. ``attn_implementation``. Remote code is never run. Returns the model in eval mode.
     """
-    import transformers
-
     from lpaf.artifacts import read_json
 
     if kwargs.get("trust_remote_code"):
