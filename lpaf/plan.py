@@ -49,10 +49,11 @@ PRICING_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": {"epochs": 3.0, "batch_size": 32, "max_steps": -1, "max_train_samples": None,
                  "max_eval_samples": None, "max_length": None},
     "prune": {"method": "movement", "epochs": 10.0, "batch_size": 32, "max_steps": -1, "max_train_samples": None,
-              "max_eval_samples": None, "max_length": None},
+              "max_eval_samples": None, "max_length": None, "distill_alpha": 0.9, "teacher_cache": True},
     "retrain": {"scheme": "mixed-rank", "epochs": 3.0, "batch_size": 32, "max_steps": -1, "max_train_samples": None,
                 "max_eval_samples": None, "max_length": None, "warmup_ratio": 0.1, "p0": 1.0,
-                "anneal_fraction": 0.5, "anneal": "linear", "factor_budget": "matched"},
+                "anneal_fraction": 0.5, "anneal": "linear", "factor_budget": "matched", "distill_alpha": 0.9,
+                "teacher_cache": True},
     "factorize": {"method": "svd", "fisher_batches": 32, "max_length": None},
     "evaluate": {"max_eval_samples": None, "max_length": None},
     "time-models": {"rounds": 10, "warmup": 2, "batch_size": 32, "seq_len": 128, "models": []},
@@ -191,6 +192,10 @@ def describe_job(rule: str, stage: str, task: str | None, flags: dict[str, Any],
         job.examples = min(n_train, int(f["max_train_samples"] or n_train))
         dev = DEV_EXAMPLES.get(task or "", 0)
         job.flags["final_eval_examples"] = min(dev, int(f.get("max_eval_samples") or dev))
+        # distillation reads the teacher's outputs from lpaf.teacher_cache (not under torchrun)
+        job.flags["teacher_cache"] = bool(f.get("teacher_cache") and float(f.get("distill_alpha") or 0) > 0
+                                          and job.gpus == 1)
+        job.flags["batch_size"] = int(f["batch_size"])
         if stage == "prune":
             job.kind = f"prune-{f['method']}"
         if stage == "retrain":
@@ -403,7 +408,16 @@ def job_seconds(job: PlannedJob, calibration: dict[str, Any], scale: float = 1.0
         return None
     seconds = float(calibration.get("process_start_s", 0.0)) + float(entry.get("fixed_s", 0.0))
     if job.stage in TRAINING_STAGES:
-        seconds += job.steps * float(entry.get("step_s", 0.0)) * scale / max(1, job.gpus)
+        step_s = float(entry.get("step_s", 0.0))
+        if job.flags.get("teacher_cache"):
+            # the teacher's forward pass leaves every step (unless the calibration timed cached steps)
+            # and runs once over the training set instead (paid by every job: only the first of a
+            # teacher's jobs computes it, the others read it)
+            forward_s = teacher_forward_s(calibration)
+            if not calibration.get("teacher_cache"):
+                step_s = max(0.0, step_s - job.flags.get("batch_size", 32) * forward_s)
+            seconds += job.examples * forward_s * scale
+        seconds += job.steps * step_s * scale / max(1, job.gpus)
     if job.stage == "factorize":
         seconds += job.steps * float(entry.get("step_s", 0.0)) * scale
     if job.stage == "time-models":  # per timed forward pass, scaled by its tokens (calibrated: batch x length)
@@ -416,6 +430,14 @@ def job_seconds(job: PlannedJob, calibration: dict[str, Any], scale: float = 1.0
         final_eval = job.flags.get("final_eval_examples", DEV_EXAMPLES.get(job.task or "", 0))
         seconds += final_eval * float(stages["evaluate"].get("example_s", 0.0)) * scale
     return seconds
+
+
+def teacher_forward_s(calibration: dict[str, Any]) -> float:
+    """Seconds of the teacher's forward pass per training example: the calibration's own measurement
+    (``teacher-forward``), else its evaluation's seconds per dev example (the same eval-mode forward)."""
+    stages = calibration["stages"]
+    entry = stages.get("teacher-forward") or stages.get("evaluate") or {}
+    return float(entry.get("example_s", 0.0))
 
 
 def estimate_seconds(job: PlannedJob, calibrations: list[dict[str, Any]]) -> tuple[float | None, float]:

@@ -43,6 +43,7 @@ from lpaf.console import Progress
 from lpaf.deadline import arm_signal_before_end
 from lpaf.errors import LpafError
 from lpaf.tasks import TaskSpec
+from lpaf.teacher_cache import INDEX_KEY
 
 
 class Preempted(Exception):
@@ -69,6 +70,10 @@ class TrainArgs:
     logging_steps: int = field(default=50, metadata={"help": "log the loss every N steps"})
     distill_alpha: float = field(default=0.0, metadata={"help": "weight of the distillation term (0 = off)"})
     temperature: float = field(default=2.0, metadata={"help": "distillation temperature"})
+    teacher_cache: bool = field(default=True, metadata={
+        "help": "distillation reads the teacher's outputs on the training set from a cache computed once per "
+                "teacher and training set (lpaf.teacher_cache; exact, as the teacher runs in eval mode); "
+                "--no-teacher-cache runs the teacher at every step (always so under torchrun)"})
     dataloader_num_workers: int = field(default=0, metadata={
         "help": "DataLoader worker processes (0: load batches in the training process)"})
     report_to: Literal["none", "tensorboard"] = field(default="none", metadata={
@@ -144,10 +149,11 @@ class LpafTrainer(Trainer):
 
     def __init__(self, *args, task: TaskSpec, teacher: nn.Module | None, distill_alpha: float, temperature: float,
                  extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
-                 extra_param_groups: Sequence[dict] = (), **kwargs):
+                 extra_param_groups: Sequence[dict] = (), teacher_outputs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.task = task
         self.teacher = teacher
+        self.teacher_outputs = teacher_outputs  # lpaf.teacher_cache.TeacherOutputs: the teacher, read from a cache
         self.distill_alpha = distill_alpha
         self.temperature = temperature
         self.extra_loss = extra_loss
@@ -158,10 +164,14 @@ class LpafTrainer(Trainer):
                 p.requires_grad_(False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        index = inputs.pop(INDEX_KEY, None)  # examples' positions in the training set (teacher cache)
         model_inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS}
         outputs = model(**model_inputs)
         teacher_outputs = None
-        if self.teacher is not None and self.distill_alpha > 0:
+        if self.teacher_outputs is not None and index is not None and self.distill_alpha > 0:
+            teacher_outputs = self.teacher_outputs.lookup(index, model_inputs["input_ids"].device,
+                                                          length=model_inputs["input_ids"].shape[-1])
+        elif self.teacher is not None and self.distill_alpha > 0:
             with torch.no_grad():
                 teacher_outputs = self.teacher(**model_inputs)
         loss = combined_loss(self.task, outputs, inputs, teacher_outputs, self.distill_alpha, self.temperature)
@@ -331,7 +341,7 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
 RESUME_KEY_FILE = "lpaf_resume_key.json"
 # Settings that do not change the trained weights: a resumed run may change them.
 _NOT_IN_RESUME_KEY = ("save_steps", "save_total_limit", "logging_steps", "eval_batch_size", "dataloader_num_workers",
-                      "report_to", "logging_dir")
+                      "report_to", "logging_dir", "teacher_cache")
 
 
 def resume_key(train_args: TrainArgs, seed: int, precision: str, n_train: int, model: nn.Module,
@@ -449,6 +459,13 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
         ddp_find_unused_parameters=find_unused_parameters,  # HF's default (True for every model) costs every step
         ddp_broadcast_buffers=False,  # masks, EMAs and source matrices are equal on every rank by construction
     )
+    teacher_outputs = None
+    if teacher is not None and train_args.distill_alpha > 0 and train_args.teacher_cache and processes == 1:
+        from lpaf.teacher_cache import IndexedDataset, load_or_compute
+
+        teacher_outputs = load_or_compute(teacher.to(targs.device), train_dataset, collator, targs.device, precision,
+                                          train_args.eval_batch_size, log=log)
+        train_dataset, teacher = IndexedDataset(train_dataset), teacher.to("cpu")  # read, not run: off the GPU
     if processes == 1 and targs.n_gpu > 1:
         # HF would wrap the model in DataParallel and multiply the batch by the GPU count.
         log(dist.single_process_warning(targs.n_gpu))
@@ -468,9 +485,10 @@ def train_model(model: nn.Module, task: TaskSpec, train_dataset, collator, train
     # torch 2.13 renames DDP's broadcast_buffers (forward_sync_buffers); HF only passes the old name.
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     trainer = LpafTrainer(model=model, args=targs, train_dataset=train_dataset, data_collator=collator,
-                          callbacks=all_callbacks, task=task, teacher=teacher,
+                          callbacks=all_callbacks, task=task, teacher=None if teacher_outputs is not None else teacher,
                           distill_alpha=train_args.distill_alpha, temperature=train_args.temperature,
-                          extra_loss=extra_loss, extra_param_groups=extra_param_groups)
+                          extra_loss=extra_loss, extra_param_groups=extra_param_groups,
+                          teacher_outputs=teacher_outputs)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's stand-in prints raw log dicts
     resume = last_checkpoint(checkpoint_dir)
     _check_resume_key(checkpoint_dir, resume_key(train_args, seed, precision, len(train_dataset), model,

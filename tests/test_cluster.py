@@ -243,3 +243,20 @@ def test_benchmark_files_give_each_rules_peak(tmp_path):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(header + "".join(f"10.0\t0:00:10\t{r}\t1\t1\t1\t0\t0\t50\t9\n" for r in rss))
     assert benchmark_peaks(sorted(tmp_path.rglob("*.benchmark.tsv"))) == {"prune": [1200.0, 1500.25], "evaluate": [640.0]}
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the pilot
+# --------------------------------------------------------------------------------------------
+
+def test_the_pilot_is_the_paper_config_on_its_four_small_tasks():
+    """config/pilot.yaml differs from config/paper.yaml only in the tasks (RTE, MRPC, STS-B, CoLA), the
+    seed and the timed task, so what the pilot measures is what the campaign will run."""
+    import yaml
+
+    paper = yaml.safe_load(CONFIGS["paper"].read_text())
+    pilot = yaml.safe_load((REPO / "config" / "pilot.yaml").read_text())
+    assert sorted(pilot["tasks"]) == ["cola", "mrpc", "rte", "stsb"] and pilot["seeds"] == [42]
+    assert pilot["evaluate"] == dict(paper["evaluate"], tasks=["mrpc"])
+    assert {k: v for k, v in pilot.items() if k not in ("tasks", "seeds", "evaluate")} == \
+           {k: v for k, v in paper.items() if k not in ("tasks", "seeds", "evaluate")}

@@ -205,3 +205,41 @@ def test_plan_layers_config_files_counts_gpus_and_relays_time_limit_warnings(tmp
     assert warned and all(line in printed for line in warned)
     assert any(line.startswith("lpaf: time limit above cluster.max_runtime_min: finetune mrpc") and
                "attempt 2 would need 5 min" in line for line in warned), warned
+
+
+def test_pricing_defaults_are_the_stages_own():
+    """A job described by a config's partial settings (the workflow's time limits) is priced like its parsed
+    command (lpaf plan) only if lpaf.plan.PRICING_DEFAULTS are the stages' defaults."""
+    from lpaf.cli import build_parser
+    from lpaf.plan import PRICING_DEFAULTS
+
+    for stage, defaults in PRICING_DEFAULTS.items():
+        sub = build_parser(stage)._subparsers._group_actions[0].choices[stage]
+        parsed = {a.dest: a.default for a in sub._actions}
+        for key, value in defaults.items():
+            if stage == "time-models" and key == "models":
+                continue  # required: the timed models
+            assert parsed[key] == value, (stage, key, parsed[key], value)
+
+
+def test_a_cached_teacher_leaves_the_distillation_steps():
+    """lpaf.teacher_cache: a prune / retrain job with distillation pays the teacher's forward pass once per
+    training example instead of once per example of every step; a calibration that timed steps with
+    the live teacher (lpaf calibrate does) is corrected by batch x the teacher's seconds per example."""
+    from lpaf.plan import describe_job
+
+    calib = _calibration(128, 0.5)
+    calib["stages"]["evaluate"] = {"example_s": 0.002, "fixed_s": 0.0}
+    flags = {"epochs": 1.0, "batch_size": 32, "max_eval_samples": 1, "method": "magnitude"}
+    cached = describe_job("prune", "prune", "mrpc", flags, 3200)
+    live = describe_job("prune", "prune", "mrpc", flags | {"teacher_cache": False}, 3200)
+    alone = describe_job("prune", "prune", "mrpc", flags | {"distill_alpha": 0.0}, 3200)
+    assert cached.flags["teacher_cache"] and not live.flags["teacher_cache"] and not alone.flags["teacher_cache"]
+    assert cached.steps == live.steps == 100
+    evaluation = 1 * 0.002
+    assert job_seconds(live, calib) == pytest.approx(1.0 + 100 * 0.5 + evaluation)
+    assert job_seconds(cached, calib) == pytest.approx(1.0 + 100 * (0.5 - 32 * 0.002) + 3200 * 0.002 + evaluation)
+    assert job_seconds(cached, dict(calib, teacher_cache=True)) == pytest.approx(
+        1.0 + 100 * 0.5 + 3200 * 0.002 + evaluation)  # steps already timed with the cache: only the pass is added
+    ddp = describe_job("prune", "prune", "mrpc", flags, 3200, device="cuda", gpus=2)
+    assert not ddp.flags["teacher_cache"]  # under torchrun the teacher runs at every step

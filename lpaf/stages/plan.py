@@ -134,6 +134,9 @@ def run_calibrate(args: CalibrateArgs) -> dict:
     train = ["--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--save-steps", "100000",
              "--precision", args.precision, "--max-eval-samples", "32"]
     work = Path(tempfile.mkdtemp(prefix="lpaf-calibrate-"))
+    # distillation steps timed with the teacher run at every step: the plan takes the teacher's forward
+    # pass out of them for jobs that read it from lpaf.teacher_cache, and adds the one pass that fills it
+    live_teacher = ["--no-teacher-cache"]
     stages: dict[str, dict] = {}
 
     def stage(kind: str, argv: list[str], out: Path) -> dict:
@@ -158,7 +161,7 @@ def run_calibrate(args: CalibrateArgs) -> dict:
         stage("finetune", ["finetune", "--model", args.model, *common, *train, "--allow-degenerate"], teacher)
         for method in args.prune_methods:
             stage(f"prune-{method}", ["prune", "--model", str(teacher), "--method", method, "--density",
-                                      str(args.density), *common, *train], work / f"pruned-{method}")
+                                      str(args.density), *common, *train, *live_teacher], work / f"pruned-{method}")
         pruned = work / f"pruned-{args.prune_methods[0]}"
         for method in ("svd", "sparsity-aware", "fwsvd"):
             extra = ["--fisher-batches", str(args.fisher_batches)] if method == "fwsvd" else []
@@ -176,7 +179,7 @@ def run_calibrate(args: CalibrateArgs) -> dict:
         for scheme in ("plain", "mixed-rank"):
             extra = ["--factor-budget", "steps"] if scheme == "mixed-rank" else []
             stage(f"retrain-{scheme}", ["retrain", "--model", str(fact), "--teacher", str(teacher), "--scheme",
-                                        scheme, *extra, *common, *train], work / f"retrain-{scheme}")
+                                        scheme, *extra, *common, *train, *live_teacher], work / f"retrain-{scheme}")
         stage("rank-study", ["rank-study", "--models", str(pruned)], work / "rank.json")
         stages["rank-study"] |= {"fixed_s": stages["rank-study"]["wall_s"]}
         rounds, warmup = 3, 1
