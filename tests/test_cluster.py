@@ -181,7 +181,8 @@ exec {fake} "$@"
 def test_a_slurm_job_runs_with_its_cpus_as_threads_and_margin_0_warns(local_slurm, tmp_path):
     """On the local SLURM, submitted from a '1-core login node' (--cores 1): the fine-tuning job asks for
     2 CPUs and its process sees OMP_NUM_THREADS=2 and torch's 2 threads; with the margin at 0 the run
-    warns (lpaf's own warning inside such a job: tests/test_deadline.py)."""
+    warns (lpaf's own warning inside such a job: tests/test_deadline.py); the finished job's SLURM log
+    stays."""
     import sys
 
     from test_workflow import _fake_env, write_config
@@ -206,6 +207,8 @@ def test_a_slurm_job_runs_with_its_cpus_as_threads_and_margin_0_warns(local_slur
     assert re.search(r"has been submitted with SLURM jobid \d+", out), out[-3000:]
     assert threads_log.read_text().split() == ["2", "2"], threads_log.read_text()
     assert "lpaf: warning: cluster.signal_before_end_s is 0" in out
+    # point 7: the SLURM log of the finished job is kept (profiles/slurm: slurm-keep-successful-logs)
+    assert list((tmp_path / "work" / ".snakemake" / "slurm_logs").rglob("rule_finetune/**/*.log")), out[-2000:]
 
 
 # --------------------------------------------------------------------------------------------
