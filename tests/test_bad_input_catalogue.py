@@ -142,8 +142,9 @@ CATALOGUE = [
      r"pickled has no \*.safetensors weights \(lpaf loads safetensors only\)"),
     ("teacher with another label count", PRUNE[:2] + ["{three_labels}"] + PRUNE[3:],
      r"has 3 labels but task sst2 has 2"),
-    ("teacher without completion record", _with(PRUNE, model="{unfinished}"),
-     r"unfinished has no metrics.json"),
+    # a model directory without a completion record is a pre-trained start: fine-pruning needs a teacher
+    ("pre-trained start without a teacher", _with(PRUNE, model="{unfinished}"),
+     r"unfinished is a pre-trained model \(not an lpaf artifact with metrics.json\); .*pass --teacher DIR"),
     ("mask file of another model", _with(FACTORIZE, model="{foreign_masks}", method="sparsity-aware"),
      r"masks.safetensors does not match the model"),
     ("sparsity-aware without masks", _with(FACTORIZE, model="{teacher}", method="sparsity-aware"),
