@@ -311,7 +311,8 @@ def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
         y = list(range(len(rows)))
         widths = [r[key][0] if r[key] else float("nan") for r in rows]  # no bar where not measured
         errors = [r[key][1] if r[key] and r[key][1] is not None else 0.0 for r in rows]
-        ax.barh(y, widths, xerr=[e if e else None for e in errors] if any(errors) else None, capsize=3, color=colors)
+        ax.barh(y, widths, xerr=[e if e else float("nan") for e in errors] if any(errors) else None, capsize=3,
+                color=colors)
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
