@@ -486,10 +486,12 @@ def test_training_jobs_run_offline_and_ask_for_gpus_only_with_cuda(tmp_path):
     for job in (j for j in cpu if j["rule"] in training):
         assert job["shell"].startswith("HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ")
         assert "--device cpu" in job["shell"] and "gpu=" not in job["resources"]
-    for job in (j for j in cuda if j["rule"] in training + ("timing",)):
-        ddp = job["rule"] in ("finetune", "prune", "retrain")  # DDP over both GPUs; the others run one process
+    for job in (j for j in cuda if j["rule"] in ("finetune", "prune", "retrain", "timing")):
+        ddp = job["rule"] in ("finetune", "prune", "retrain")  # DDP over both GPUs; the timing job runs one process
         assert "--device cuda" in job["shell"] and f"gpu={2 if ddp else 1}" in job["resources"]
         assert ("--precision bf16" in job["shell"]) == ddp
+    for job in (j for j in cuda if j["rule"] in ("factorize", "evaluate")):  # CPU nodes (issue 30 point 2)
+        assert "--device cpu" in job["shell"] and "--precision" not in job["shell"] and "gpu=" not in job["resources"]
     assert all("gpu=" not in j["resources"] for j in cuda if j["rule"] in ("rank_study", "table", "smoke_assets"))
 
 

@@ -18,6 +18,7 @@ OPERATIONAL_FLAGS = frozenset(
         "save_total_limit",
         "logging_steps",
         "preprocessing_num_workers",
+        "teacher_cache",  # the cached teacher outputs equal the live ones (lpaf.teacher_cache)
         "dataloader_num_workers",
         "report_to",
     }

@@ -112,7 +112,7 @@ def uses_gpu(rule_name):
 
 
 def placed_run_flags(rule_name):
-    """run_flags for where the rule runs: a rule placed on CPU nodes runs with --device cpu when the
+    """run_flags for where the job runs: a job placed on CPU nodes runs with --device cpu when the
     config says cuda (its job has no GPU); otherwise the config's device, precision and TF32."""
     if config["compute"]["device"] == "cuda" and not uses_gpu(rule_name):
         return to_flags({"device": "cpu"})
@@ -195,7 +195,7 @@ def warn_beyond_cap(rule_name, wildcards, seconds):
                 f"lpaf: time limit above cluster.max_runtime_min: {rule_name} {wildcards.get('task') or ''} "
                 f"({setting}) attempt {attempt} would need {wanted:,} min (plan {seconds / 60:,.0f} min x "
                 f"runtime_safety {c['runtime_safety']} x {attempt}); it gets {limit:,} and may time out "
-                f"(and likewise for other jobs of this rule and task): set max_runtime_min to your "
+                f"(and likewise for the other jobs of this rule and task); set max_runtime_min to your "
                 f"partition's MaxTime, or shorten the job",
                 file=sys.stderr,
             )
