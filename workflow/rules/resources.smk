@@ -195,7 +195,7 @@ def warn_beyond_cap(rule_name, wildcards, seconds):
                 f"lpaf: time limit above cluster.max_runtime_min: {rule_name} {wildcards.get('task') or ''} "
                 f"({setting}) attempt {attempt} would need {wanted:,} min (plan {seconds / 60:,.0f} min x "
                 f"runtime_safety {c['runtime_safety']} x {attempt}); it gets {limit:,} and may time out "
-                f"(and likewise for the other jobs of this rule and task); set max_runtime_min to your "
+                f"(and likewise for the other jobs of this stage and task); set max_runtime_min to your "
                 f"partition's MaxTime, or shorten the job",
                 file=sys.stderr,
             )
