@@ -242,19 +242,19 @@ def test_paper_config_plans_the_full_dag(tmp_path):
     assert (tasks, seeds, densities) == (9, 3, 3)
     res = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=CONFIGS["paper"])
     assert res.returncode == 0, res.stderr[-3000:]
-    # per (task, seed): 12 table rows (lpaf + fisher and lpaf (movement pruning) included) at 3 densities; the
-    # 4-row sweep (λ 0, 0.01, 0.1, importance Ω) at one density on the 3 rank-study tasks only
+    # per (task, seed): 13 table rows (lpaf + fisher, lpaf (fine-pruned) and lpaf (movement pruning) included) at
+    # 3 densities; the 4-row sweep (λ 0, 0.01, 0.1, importance Ω) at one density on the 3 rank-study tasks only
     expected = {
         "fetch_model": 1, "fetch_data": tasks,
         "finetune": ts,                                # one teacher per task and seed, shared by all rows
-        # platon (fine-pruned), movement (fine-pruned), magnitude: shared by the pruned rows; + the rank study's
-        # own grid (8 densities, 5 not in the table's) on mrpc, rte, cola
-        "prune": ts * 3 * densities + 3 * seeds * 3 * 5,
-        # dense-svd, dense-fwsvd, mag-svd, platon-sa, platon-svd, platon-fisher-sa, movement-sa
-        "factorize": ts * 7 * densities + 3 * seeds * 4,
-        "retrain": ts * 8 * densities + 3 * seeds * 4,    # 8 factorized rows + sweep
-        "evaluate": seeds * (1 + 11 * densities),  # reload check of every final SST-2 model (evaluate.tasks)
-        "rank_study": 3 * seeds * (1 + 3 * 8),  # mrpc, rte, cola: teacher + 3 pruners x rank_study.densities
+        # platon (fine-pruned), platon-ft (lpaf's: from the fine-tuned teacher), movement (fine-pruned), magnitude:
+        # shared by the pruned rows; + the rank study's own grid (8 densities, 5 not in the table's) on mrpc, rte, cola
+        "prune": ts * 4 * densities + 3 * seeds * 4 * 5,
+        # dense-svd, dense-fwsvd, mag-svd, platon-ft-sa, platon-ft-svd, platon-ft-fisher-sa, platon-sa, movement-sa
+        "factorize": ts * 8 * densities + 3 * seeds * 4,
+        "retrain": ts * 9 * densities + 3 * seeds * 4,    # 9 factorized rows + sweep
+        "evaluate": seeds * (1 + 12 * densities),  # reload check of every final SST-2 model (evaluate.tasks)
+        "rank_study": 3 * seeds * (1 + 4 * 8),  # mrpc, rte, cola: teacher + 4 pruners x rank_study.densities
         "timing": 1,  # one job times every SST-2 model (evaluate.tasks) side by side
         "table": 1, "figure_metric": tasks, "figure_rank": 3, "figure_speedup": 1, "figure_ablation": 1, "all": 1,
     }
