@@ -15,6 +15,7 @@ SHARED=${LPAF_SHARED:-../shared}
 SEEDS=${SEEDS:-[43,44,45]}
 TASKS=${TASKS:-sst2 mrpc}
 CORES=${CORES:-2}
+failed=0
 for task in $TASKS; do
   echo "[$(date -u +%FT%TZ)] C3 matched compute: $task, seeds $SEEDS"
   start=$(date +%s)
@@ -24,5 +25,6 @@ for task in $TASKS; do
       "seeds=$SEEDS" "tasks=[$task]" "evaluate={tasks: [$task]}" "rank_study={enabled: false, tasks: [$task]}"
   echo "[$(date -u +%FT%TZ)] $task done in $(( $(date +%s) - start )) s"
   python benchmarks/c3_matched_compute.py collect --task "$task" --wall-s "$(( $(date +%s) - start ))" \
-    || echo "c3_matched_compute: collect of $task failed (rerun: python benchmarks/c3_matched_compute.py collect --task $task)"
+    || { echo "c3_matched_compute: collect of $task failed (rerun: python benchmarks/c3_matched_compute.py collect --task $task)" >&2; failed=1; }
 done
+exit "$failed"
