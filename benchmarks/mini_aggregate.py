@@ -12,6 +12,11 @@ one task must come from the same config values (the digest ignores comments), an
 row must have run the same stage settings (the hashed `chain`, which also sees `--config`
 overrides); seeds from different commits are allowed and listed in `aggregate_info.json`.
 
+Overlay runs (config/mini_learned.yaml on top of config/mini.yaml, committed under `learned/`) add rows
+beside the table's on the same teachers: each must come from a base config with the digest of the task's
+committed seeds, its teacher must score exactly what the committed dense row of that seed scored, and
+its rows must be methods the base runs do not have; its dense rows are then dropped.
+
     python benchmarks/mini_aggregate.py            # after adding a run with mini_summary.py
 """
 
@@ -27,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results" / "mini"
 CONFIG = REPO / "config" / "mini.yaml"
+OVERLAYS = ("learned",)  # directories of overlay runs (mini_summary.py's OVERLAY_DIRS)
 
 
 def config_digest(path: Path = CONFIG, text: str | None = None) -> str:
@@ -39,13 +45,60 @@ def config_digest(path: Path = CONFIG, text: str | None = None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def run_dirs(out: Path) -> list[Path]:
-    """Every committed `seeds/s<seed>/<task>/` directory with a runs.csv, by seed then task."""
+def run_dirs(out: Path, kind: str = "seeds") -> list[Path]:
+    """Every committed `<kind>/s<seed>/<task>/` directory with a runs.csv, by seed then task
+    (kind: `seeds`, the base runs, or one of OVERLAYS)."""
     def key(p: Path):
         seed = p.parent.name[1:]
         return (int(seed) if seed.isdigit() else 10**9, p.name)
 
-    return sorted((p for p in (out / "seeds").glob("s*/*") if (p / "runs.csv").is_file()), key=key)
+    return sorted((p for p in (out / kind).glob("s*/*") if (p / "runs.csv").is_file()), key=key)
+
+
+def load_overlay_runs(out: Path, runs, infos: dict) -> tuple[list, list, dict]:
+    """The overlay runs' own rows and rank rows, checked against the committed base runs they extend."""
+    import pandas as pd
+
+    frames, rank_frames, overlay_infos = [], [], {}
+    for kind in OVERLAYS:
+        digests: dict[str, tuple[str, str]] = {}
+        for d in run_dirs(out, kind):
+            name = f"{d.parent.name}/{d.name}"
+            seed, task = int(d.parent.name[1:]), d.name
+            info = json.loads((d / "run_info.json").read_text())
+            where = f"{kind}/{name}"
+            base = infos.get(name)
+            if base is None:
+                raise SystemExit(f"mini_aggregate: {where} extends seed {seed} of {task}, which has no committed "
+                                 f"run under seeds/; commit that run first or move {where} aside")
+            if info.get("base_config_digest") != base.get("config_digest"):
+                raise SystemExit(f"mini_aggregate: {where} ran on a base config with digest "
+                                 f"{info.get('base_config_digest')}, the committed seeds/{name} on "
+                                 f"{base.get('config_digest')}; rerun it on the committed config")
+            first = digests.setdefault(task, (where, info.get("config_digest")))
+            if first[1] != info.get("config_digest"):
+                raise SystemExit(f"mini_aggregate: {first[0]} and {where} were run with different overlay files "
+                                 f"(digest {first[1]} vs {info.get('config_digest')}); rerun one of them")
+            rows = pd.read_csv(d / "runs.csv")
+            dense_mask = rows["dense"].astype(str).str.lower() == "true"
+            base_dense = runs[(runs["task"] == task) & (runs["seed"] == seed)
+                              & (runs["dense"].astype(str).str.lower() == "true")]
+            for _, r in rows[dense_mask].iterrows():
+                if base_dense.empty or abs(float(base_dense["headline"].iloc[0]) - float(r["headline"])) > 1e-9:
+                    committed = "none" if base_dense.empty else f"{float(base_dense['headline'].iloc[0]):.6g}"
+                    raise SystemExit(f"mini_aggregate: {where}: its teacher scored {float(r['headline']):.6g}, the "
+                                     f"committed dense row of seeds/{name} {committed}: not the same teacher")
+            own = rows[~dense_mask]
+            clash = sorted(set(own["method"]) & set(runs.loc[runs["task"] == task, "method"]))
+            if clash:
+                raise SystemExit(f"mini_aggregate: {where} has rows of methods the base runs already have: "
+                                 f"{', '.join(clash)}; an overlay adds rows, it does not replace them")
+            frames.append(own)
+            if (d / "rank_study.csv").is_file():
+                r = pd.read_csv(d / "rank_study.csv")
+                rank_frames.append(r[r["dense"].astype(str).str.lower() != "true"])
+            overlay_infos[where] = info
+    return frames, [r for r in rank_frames if not r.empty], overlay_infos
 
 
 def load_seed_runs(out: Path):
@@ -66,11 +119,13 @@ def load_seed_runs(out: Path):
             raise SystemExit(f"mini_aggregate: {first} and {other} were run with different config files "
                              f"(digest {digests[first]} vs {digests[other]}); rerun one of them or move it aside")
     runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
+    overlay_rows, overlay_ranks, overlay_infos = load_overlay_runs(out, runs, infos)
+    runs = pd.concat([runs, *overlay_rows], ignore_index=True)
     check_row_recipes(runs)
     ranks = [pd.read_csv(d / "rank_study.csv") for d in dirs if (d / "rank_study.csv").is_file()]
-    ranks = [r for r in ranks if not r.empty]
+    ranks = [r for r in ranks if not r.empty] + overlay_ranks
     ranks = pd.concat(ranks, ignore_index=True) if ranks else None
-    return runs, ranks, infos
+    return runs, ranks, {**infos, **overlay_infos}
 
 
 def check_row_recipes(runs) -> None:
@@ -132,8 +187,8 @@ def after_factorization_section(out: Path) -> str:
 
     from lpaf.tasks import display_scale
 
-    frames = [pd.read_csv(d / "after_factorization.csv") for d in run_dirs(out)
-              if (d / "after_factorization.csv").is_file()]
+    frames = [pd.read_csv(d / "after_factorization.csv") for kind in ("seeds", *OVERLAYS)
+              for d in run_dirs(out, kind) if (d / "after_factorization.csv").is_file()]
     if not frames:
         return ""
     rows = pd.concat(frames, ignore_index=True).sort_values(["task", "density", "source", "factorize", "seed"])
@@ -166,7 +221,15 @@ def aggregate(out: Path = OUT, figures: bool = True) -> dict:
     if ranks is not None:
         ranks.to_csv(out / "rank_study.csv", index=False, float_format="%.6g")
     tasks: dict[str, dict] = {}
+    overlays: dict[str, dict] = {}
     for name, i in infos.items():
+        if name.count("/") == 2:  # an overlay run: <overlay>/s<seed>/<task>
+            kind, seed, task = name.split("/")
+            o = overlays.setdefault(f"{kind}/{task}", {"configs": i.get("configs"), "config_digest":
+                                                       i.get("config_digest"), "seeds": [], "commits": {}})
+            o["seeds"].append(int(seed[1:]))
+            o["commits"][seed] = i.get("commit")
+            continue
         seed, task = name.split("/")
         t = tasks.setdefault(task, {"config": i.get("config"), "config_digest": i.get("config_digest"),
                                     "seeds": [], "commits": {}})
@@ -174,6 +237,8 @@ def aggregate(out: Path = OUT, figures: bool = True) -> dict:
         t["commits"][seed] = i.get("commit")
     info = {"tasks": tasks, "seeds": sorted({s for t in tasks.values() for s in t["seeds"]}),
             "rows": int(len(table)), "min_n_seeds": int(table["n_seeds"].min())}
+    if overlays:
+        info["overlays"] = overlays
     if figures:
         info["figures"] = draw_figures(table, ranks, out)
     (out / "aggregate_info.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -55,6 +55,12 @@ counts the directions that hold the matrix's energy, which is what a rank-r fact
 numerical rank counts every direction above round-off. Change it with ``--rank-ratio``; claims.md prints
 the per-seed ratios, so a verdict that sits near the threshold can be seen as such."""
 
+LEARNED_OVERLAP_THRESHOLD = 0.8
+"""A learned movement mask counts as learned (not magnitude's mask in all but name) only when its overlap with
+the magnitude mask of the same teacher and density (runs.csv ``magnitude_overlap``: the fraction of kept
+weights both masks keep) is at most this in every seed: issue 29's acceptance threshold."""
+LEARNED_MOVEMENT = "movement-learned"  # the overlay rows of config/mini_learned.yaml (1,000 pruning steps)
+
 CHANCE_LEVEL = 0.05  # two-sided 95% tests: under the null, 5% of tested verdicts leave "within noise" anyway
 
 PAPER_PROTOCOL = ("paper protocol: {base} re-trained for fewer steps than lpaf's prune + re-train")
@@ -302,7 +308,7 @@ def main() -> int:
         # SQuAD: every claim on F1 (the headline) and again on exact match, marked (EM)
         metrics = [("headline", "")] + ([("dev_exact_match", " (EM)")] if task in QA_TASKS else [])
         for density in densities:
-            for first in ("movement", "platon"):
+            for first in ("movement", "platon", LEARNED_MOVEMENT):
                 fr, mg = rank(task, first, density), rank(task, "magnitude", density)
                 seeds = sorted(set(fr) & set(mg))
                 if seeds:
@@ -315,6 +321,20 @@ def main() -> int:
                         [], rank_verdict(ratios, thr), n=len(seeds), kind="rank rule",
                         extra={"ratio_99_energy_by_seed": {str(s): round(r, 4) for s, r in ratios.items()},
                                "rank_ratio_threshold": thr})
+                if first == LEARNED_MOVEMENT:
+                    overlap = {int(r["seed"]): float(r["magnitude_overlap"]) for r in runs if r["task"] == task
+                               and r["method"] == first and float(r["density"]) == density
+                               and r.get("magnitude_overlap") not in (None, "")}
+                    if overlap:
+                        over = sum(v > LEARNED_OVERLAP_THRESHOLD for v in overlap.values())
+                        add("learned movement mask differs from magnitude's", task, density,
+                            "overlap with the magnitude mask per seed " + ", ".join(
+                                f"s{s} {v:.3f}" for s, v in sorted(overlap.items()))
+                            + f" (holds if ≤ {LEARNED_OVERLAP_THRESHOLD:g} in every seed)", [],
+                            "holds" if not over else f"does not hold ({over} of {len(overlap)} seeds above "
+                            f"{LEARNED_OVERLAP_THRESHOLD:g})", n=len(overlap), kind="overlap rule",
+                            extra={"magnitude_overlap_by_seed": {str(s): round(v, 4) for s, v in overlap.items()}})
+                    continue  # 4x magnitude's pruning steps: no accuracy claim at unequal budgets
                 for metric, tag in metrics:
                     diffs, _, a, b = compare(task, first, "magnitude", density, metric=metric)
                     if a and b:
@@ -329,7 +349,9 @@ def main() -> int:
                         ("lpaf-no-mixed-rank", "C5 lpaf > lpaf − mixed-rank", "holds", "does not hold"),
                         ("lpaf-fisher", "lpaf + fisher vs lpaf", "lpaf better", "lpaf + fisher better"),
                         ("lpaf-movement", "lpaf (PLATON) vs lpaf (movement pruning)", "PLATON better",
-                         "movement better")):
+                         "movement better"),
+                        ("lpaf-" + LEARNED_MOVEMENT, "lpaf (PLATON) vs lpaf (learned movement, pruned 4× longer)",
+                         "PLATON better", "learned movement better")):
                     diffs, _, a, b = compare(task, "lpaf", other, density, metric=metric)
                     if a and b:
                         add(claim + tag, task, density, f"{fmt(a)} vs {fmt(b)}", diffs, verdict(diffs, better, worse))
@@ -346,24 +368,26 @@ def main() -> int:
                 c3_gap(task, metric, tag, matched, MATCHED_PROTOCOL)
 
     tested = [c for c in out["claims"] if c["verdict_kind"] == "test"]
-    rule = [c for c in out["claims"] if c["verdict_kind"] == "rank rule"]
+    rule = [c for c in out["claims"] if c["verdict_kind"] in ("rank rule", "overlap rule")]
+    n_overlap = sum(c["verdict_kind"] == "overlap rule" for c in rule)
     beyond = [c for c in tested if not c["verdict"].startswith(("within noise", "inconclusive"))]
     expected = len(tested) * CHANCE_LEVEL
     out["verdict_count"] = {
         "verdicts": len(tested) + len(rule), "tested_at_95": len(tested), "rank_rule": len(rule),
         "expected_beyond_noise_by_chance": round(expected, 2), "beyond_noise": len(beyond),
         "note": f"under the null (no true difference in any tested pair) each tested verdict leaves 'within noise' "
-                f"with probability {CHANCE_LEVEL:g}: tested_at_95 x {CHANCE_LEVEL:g}; rank-rule verdicts are a "
+                f"with probability {CHANCE_LEVEL:g}: tested_at_95 x {CHANCE_LEVEL:g}; rank-rule and overlap-rule verdicts are a "
                 "threshold, not a test; 'not measured yet', 'no paired runs' and '1 seed: no verdict' rows are no "
                 "verdicts"}
     lines[count_at] = (
         f"**How many verdicts.** This file makes {len(tested) + len(rule)} verdicts: {len(tested)} from the paired "
-        f"95% t test and {len(rule)} from the C2 rank-ratio rule. Under the null (no true difference in any "
+        f"95% t test and {len(rule) - n_overlap} from the C2 rank-ratio rule"
+        + (f" and {n_overlap} from the learned-mask overlap rule" if n_overlap else "") + f". Under the null (no true difference in any "
         f"tested pair), each tested verdict still comes out beyond the noise (\"holds\", \"does not hold\" or "
         f"\"… better\") with probability {CHANCE_LEVEL:g}, so about {len(tested)} × {CHANCE_LEVEL:g} = "
         f"{expected:.2f} of them would do so by chance alone (about half of those, {expected / 2:.2f}, in the "
-        f"claimed direction); {len(beyond)} of the {len(tested)} did. The rank-rule verdicts are a fixed "
-        "threshold on measured ranks, not a test, and have no such chance rate. Rows reading \"not measured "
+        f"claimed direction); {len(beyond)} of the {len(tested)} did. The rule verdicts are a fixed "
+        "threshold on measured ranks or overlaps, not a test, and have no such chance rate. Rows reading \"not measured "
         "yet\", \"no paired runs\" or \"1 seed: no verdict\" are not verdicts and are not counted.")
     (d / "claims.json").write_text(json.dumps(out, indent=1) + "\n")
     (d / "claims.md").write_text("\n".join(lines) + "\n")

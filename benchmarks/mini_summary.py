@@ -13,6 +13,12 @@ a resumed run. The QA reproduction (config/mini_qa.yaml) is collected the same w
     python benchmarks/mini_summary.py --config config/mini_qa.yaml --snakemake-wall-s 5400
     python benchmarks/mini_summary.py --workdir /path/to/other/checkout   # a run made elsewhere
     python benchmarks/mini_summary.py --workdir DIR --factorized-only     # add after_factorization.csv
+
+An overlay run (config/mini_learned.yaml on top of config/mini.yaml: rows added beside the table's, on the
+same teachers) is collected under `learned/s<seed>/<task>/` instead of `seeds/`, and mini_aggregate.py merges
+its own rows into the table (its dense rows only check that the teacher is the committed one):
+
+    python benchmarks/mini_summary.py --config config/mini.yaml config/mini_learned.yaml
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ COMMANDS = {
                         "--config model_path=../shared/models/all-MiniLM-L6-v2 data_dir=../shared/data",
     "config/mini_qa.yaml": "snakemake --cores 2 --configfile config/mini_qa.yaml "
                            "--config model_path=../shared/models/all-MiniLM-L6-v2",
+    "config/mini_learned.yaml": "benchmarks/mini_learned.sh  # = snakemake --cores 2 --configfile config/mini.yaml "
+                                "config/mini_learned.yaml --config model_path=../shared/models/all-MiniLM-L6-v2 "
+                                "data_dir=../shared/data",
 }
+# overlay configs (added on top of config/mini.yaml) and the directory their runs are committed under
+OVERLAY_DIRS = {"config/mini_learned.yaml": "learned"}
 
 
 def stage_of(path: Path, record: dict) -> str:
@@ -117,8 +128,10 @@ def main() -> int:
     parser.add_argument("--snakemake-wall-s", type=float, default=None,
                         help="wall time of the last snakemake invocation")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--config", default="config/mini.yaml",
-                        help="the config file the run used, relative to --workdir (default: config/mini.yaml)")
+    parser.add_argument("--config", nargs="+", default=["config/mini.yaml"],
+                        help="the config file(s) the run used, in Snakemake's --configfile order, relative to "
+                             "--workdir (default: config/mini.yaml; an overlay: config/mini.yaml "
+                             "config/mini_learned.yaml)")
     parser.add_argument("--workdir", default=str(REPO),
                         help="the checkout the workflow ran in (its results/ and config; default: this one)")
     parser.add_argument("--out", default=str(OUT), help="where the runs are committed (default: %(default)s)")
@@ -129,7 +142,13 @@ def main() -> int:
                              "(runs committed before that file existed); nothing else is touched")
     args = parser.parse_args()
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
-    results, config = workdir / "results", workdir / args.config
+    results, configs = workdir / "results", [workdir / c for c in args.config]
+    overlay = next((OVERLAY_DIRS[c] for c in args.config[1:] if c in OVERLAY_DIRS), None)
+    if len(args.config) > 1 and overlay is None:
+        print(f"mini_summary: --config {' '.join(args.config)}: a second config file must be one of the overlays "
+              f"{', '.join(OVERLAY_DIRS)}", file=sys.stderr)
+        return 2
+    config = configs[-1]  # the experiment's name comes from the last file that sets it, as in Snakemake
     if args.factorized_only:
         import pandas as pd
 
@@ -143,9 +162,10 @@ def main() -> int:
                 written.append(f"s{seed}/{task}")
         print(f"mini_summary: after_factorization.csv for {', '.join(written) or 'no committed run'}")
         return 0
-    if not config.is_file():
-        print(f"mini_summary: --config {args.config}: no such file under {workdir}", file=sys.stderr)
-        return 2
+    for path in configs:
+        if not path.is_file():
+            print(f"mini_summary: --config {path.relative_to(workdir)}: no such file under {workdir}", file=sys.stderr)
+            return 2
     tables = experiment_dir(results, config)
     missing = [name for name in COPY if not (tables / name).is_file()]
     if missing:
@@ -165,7 +185,7 @@ def main() -> int:
     ranks = pd.read_csv(tables / "rank_study.csv")
     done = []
     for (seed, task), rows in runs.groupby(["seed", "task"]):
-        d = out / "seeds" / f"s{int(seed)}" / str(task)
+        d = out / (overlay or "seeds") / f"s{int(seed)}" / str(task)
         d.mkdir(parents=True, exist_ok=True)
         rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
         ranks[(ranks["seed"] == seed) & (ranks["task"] == task)].to_csv(
@@ -179,11 +199,12 @@ def main() -> int:
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
         info = {
-            "command": args.command or COMMANDS.get(args.config,
-                                                    f"snakemake --cores {args.cores} --configfile {args.config}"),
-            "config": args.config,
+            "command": args.command or COMMANDS.get(args.config[-1], f"snakemake --cores {args.cores} "
+                                                                     f"--configfile {' '.join(args.config)}"),
+            "config": args.config[-1],
             "config_digest": config_digest(config),
             "commit": commit,
+            **({"configs": args.config, "base_config_digest": config_digest(configs[0])} if overlay else {}),
             "seed": int(seed),
             "task": str(task),
             "tasks_in_invocation": sorted(map(str, runs["task"].unique())),
@@ -194,7 +215,7 @@ def main() -> int:
         }
         info_path.write_text(json.dumps(info, indent=2) + "\n")
         done.append(f"s{int(seed)}/{task}")
-    print(f"mini_summary: committed {', '.join(done)} under {out / 'seeds'}")
+    print(f"mini_summary: committed {', '.join(done)} under {out / (overlay or 'seeds')}")
     # the table of every committed run (this one's and earlier ones), its figures, then the claims
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "mini_aggregate.py"), "--dir", str(out)],
                           cwd=REPO).returncode

@@ -391,3 +391,130 @@ def test_aggregate_pools_the_scores_after_factorization(tmp_path):
     for task in ("sst2", "mrpc", "squad"):  # GLUE fractions (MRPC's F1 too) x100; SQuAD F1 already in %
         assert f"| {task} | 0.25 | platon → sa-svd | 2 | 55.0 ± 7.1 | 1 |" in section, section
     assert (tmp_path / "after_factorization.csv").read_text().count("sst2,") == 2
+
+
+def _base_and_overlay(tmp_path: Path, overlap: float = 0.45):
+    """A committed base run (seed 43's SST-2 rows) and an overlay run of the same seed with two learned-movement
+    rows and its own copy of the dense row."""
+    import pandas as pd
+
+    base = ROOT / "benchmarks" / "results" / "mini" / "seeds" / "s43" / "sst2"
+    d = tmp_path / "seeds" / "s43" / "sst2"
+    d.mkdir(parents=True)
+    for name in ("runs.csv", "rank_study.csv"):
+        (d / name).write_text((base / name).read_text())
+    (d / "run_info.json").write_text(json.dumps({"config_digest": "base", "commit": "c43"}))
+    runs = pd.read_csv(base / "runs.csv")
+    dense = runs[runs["method"] == "dense"]
+    movement = runs[runs["method"] == "movement"].assign(
+        method="movement-learned", label="movement (learned, 1,000 steps)", magnitude_overlap=overlap,
+        chain=lambda r: r["chain"].str.replace("prune-movement-", "prune-movement-learned-", regex=False))
+    o = tmp_path / "learned" / "s43" / "sst2"
+    o.mkdir(parents=True)
+    pd.concat([dense, movement]).to_csv(o / "runs.csv", index=False)
+    ranks = pd.read_csv(base / "rank_study.csv")
+    ranks[ranks["label"].isin(["dense", "movement"])].replace({"label": {"movement": "movement-learned"}}).to_csv(
+        o / "rank_study.csv", index=False)
+    (o / "run_info.json").write_text(json.dumps({"config_digest": "overlay", "base_config_digest": "base",
+                                                 "configs": ["config/mini.yaml", "config/mini_learned.yaml"]}))
+    return d, o
+
+
+def test_overlay_rows_join_the_table_on_the_committed_teacher(tmp_path):
+    """An overlay run (config/mini_learned.yaml) adds its own rows to table.csv beside the base rows, its dense
+    copy dropped; it is refused when its teacher scored otherwise, its base config differs from the committed
+    seeds', or it repeats a base method."""
+    import pandas as pd
+
+    mod = _aggregate_module()
+    _, o = _base_and_overlay(tmp_path)
+    info = mod.aggregate(tmp_path, figures=False)
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert (table["method"] == "dense").sum() == 1  # the overlay's dense copy is not a second dense row
+    learned = table[table["method"] == "movement-learned"]
+    assert sorted(learned["density"]) == [0.25, 0.5] and (learned["magnitude_overlap"] == 0.45).all()
+    assert info["overlays"]["learned/sst2"]["seeds"] == [43]
+    ranks = pd.read_csv(tmp_path / "rank_study.csv")
+    assert (ranks["label"] == "movement-learned").sum() == 2 and (ranks["label"] == "dense").sum() == 1
+
+    runs = pd.read_csv(o / "runs.csv")
+    good = runs.copy()
+    runs.loc[runs["method"] == "dense", "headline"] += 0.01
+    runs.to_csv(o / "runs.csv", index=False)
+    with pytest.raises(SystemExit, match="its teacher scored .* not the same teacher"):
+        mod.aggregate(tmp_path, figures=False)
+    good.to_csv(o / "runs.csv", index=False)
+    (o / "run_info.json").write_text(json.dumps({"config_digest": "overlay", "base_config_digest": "other"}))
+    with pytest.raises(SystemExit, match="ran on a base config with digest other"):
+        mod.aggregate(tmp_path, figures=False)
+    (o / "run_info.json").write_text(json.dumps({"config_digest": "overlay", "base_config_digest": "base"}))
+    good.replace({"method": {"movement-learned": "movement"}}).to_csv(o / "runs.csv", index=False)
+    with pytest.raises(SystemExit, match="methods the base runs already have: movement"):
+        mod.aggregate(tmp_path, figures=False)
+
+
+def test_learned_movement_mask_must_leave_magnitude_in_every_seed(tmp_path, monkeypatch):
+    """The overlap rule: a learned movement row counts as learned only at overlap <= 0.8 in every seed; it makes
+    no accuracy claim against magnitude (4x the pruning steps), and its rank gets the C2 rank rule."""
+    mod = _claims_module()
+    _write_runs(tmp_path, {("magnitude", 0.25): [0.8, 0.8, 0.8], ("movement-learned", 0.25): [0.7, 0.8, 0.9],
+                           ("magnitude", 0.5): [0.8, 0.8, 0.8], ("movement-learned", 0.5): [0.7, 0.8, 0.9]})
+    with open(tmp_path / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    overlap = {(0.25, "1"): 0.5, (0.25, "2"): 0.6, (0.25, "3"): 0.7, (0.5, "1"): 0.7, (0.5, "2"): 0.85, (0.5, "3"): 0.7}
+    with open(tmp_path / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*RUN_FIELDS, "magnitude_overlap"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "magnitude_overlap": overlap.get((float(r["density"]), r["seed"]), "")
+                        if r["method"] == "movement-learned" else ""})
+    with open(tmp_path / "rank_study.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "task", "seed", "label", "density", "avg_rank", "avg_effective_rank_99"])
+        for seed in (1, 2, 3):
+            w.writerow(["m", "sst2", seed, "magnitude", 0.25, 383.0, 300.0])
+            w.writerow(["m", "sst2", seed, "movement-learned", 0.25, 383.0, 303.0])
+    monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
+    assert mod.main() == 0
+    claims = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    learned = {c["density"]: c for c in claims if c["claim"] == "learned movement mask differs from magnitude's"}
+    assert learned[0.25]["verdict"] == "holds" and learned[0.25]["verdict_kind"] == "overlap rule"
+    assert learned[0.5]["verdict"] == "does not hold (1 of 3 seeds above 0.8)"
+    rank = [c for c in claims if c["claim"] == "C2 rank (movement-learned < magnitude)"]
+    assert [c["verdict"] for c in rank] == ["does not hold (3 of 3 seeds above 0.9)"]
+    assert not [c for c in claims if c["claim"].startswith("C2 accuracy (movement-learned")]
+    count = json.loads((tmp_path / "claims.json").read_text())["verdict_count"]
+    assert (count["verdicts"], count["tested_at_95"], count["rank_rule"]) == (3, 0, 3)
+
+
+def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkeypatch):
+    """mini_summary with an overlay (--config config/mini.yaml config/mini_learned.yaml) reads the overlay's
+    experiment directory and commits under learned/, recording both configs and the base config's digest (what
+    mini_aggregate checks against the committed seeds); an unknown second config is refused in one line."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("mini_summary", ROOT / "benchmarks" / "mini_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from mini_aggregate import config_digest
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "config").mkdir(parents=True)
+    for name in ("mini.yaml", "mini_learned.yaml"):
+        (work / "config" / name).write_text((ROOT / "config" / name).read_text())
+    exp = work / "results" / "mini_learned"
+    exp.mkdir(parents=True)
+    (exp / "runs.csv").write_text("model,task,method,label,density,seed,dense,chain,headline\n"
+                                  "m,sst2,dense,dense,1,43,True,dense-abc,0.8\n"
+                                  "m,sst2,movement-learned,x,0.25,43,False,dense-abc/prune-movement-learned-1-d0.25,0.7\n")
+    (exp / "rank_study.csv").write_text("model,task,seed,label,density,dense\nm,sst2,43,dense,1,True\n")
+    monkeypatch.setattr(sys, "argv", ["mini_summary.py", "--workdir", str(work), "--out", str(out),
+                                      "--config", "config/mini.yaml", "config/mini_learned.yaml"])
+    mod.main()
+    info = json.loads((out / "learned" / "s43" / "sst2" / "run_info.json").read_text())
+    assert info["configs"] == ["config/mini.yaml", "config/mini_learned.yaml"]
+    assert info["base_config_digest"] == config_digest(ROOT / "config" / "mini.yaml")
+    assert info["config_digest"] == config_digest(ROOT / "config" / "mini_learned.yaml")
+    assert not (out / "seeds").exists()
+    monkeypatch.setattr(sys, "argv", ["mini_summary.py", "--workdir", str(work), "--out", str(out),
+                                      "--config", "config/mini.yaml", "config/mini.yaml"])
+    assert mod.main() == 2

@@ -261,6 +261,27 @@ def test_paper_config_plans_the_full_dag(tmp_path):
     assert job_counts(res.stdout + res.stderr) == expected
 
 
+def test_learned_movement_overlay_adds_its_rows_on_the_mini_teachers(tmp_path):
+    """config/mini_learned.yaml on top of config/mini.yaml plans only its two rows on mini.yaml's teacher (same
+    artifact hash as the table's dense row): 1,000 pruning steps from a magnitude prior 0.1, then lpaf's
+    factorize and mixed-rank re-training; nothing of the other rows."""
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(CONFIGS["mini"]), str(REPO / "config" / "mini_learned.yaml"),
+                    "--config", "seeds=[43]", configfile=None)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts["finetune"] == 1 and counts["prune"] == 2 and counts["factorize"] == 2 and counts["retrain"] == 2
+    jobs = planned_jobs(res.stdout + res.stderr)
+    prunes = [j for j in jobs if j["rule"] == "prune"]
+    assert all("prune-movement-learned-" in j["output"] for j in prunes)
+    assert all("--max-steps 1000" in j["shell"] and "--score-init-scale 0.1" in j["shell"] for j in prunes)
+    base = snakemake(tmp_path / "base", "-n", "--config", "seeds=[43]", configfile=CONFIGS["mini"])
+    assert base.returncode == 0, base.stderr[-3000:]
+    teacher = {re.search(r"dense-[0-9a-f]+", j["output"]).group(0) for j in planned_jobs(base.stdout + base.stderr)
+               if j["rule"] == "finetune" and "/sst2/" in j["output"]}
+    assert len(teacher) == 1 and all(t in prunes[0]["output"] for t in teacher)
+    assert all("retrain-mixed-rank-" in j["output"] for j in jobs if j["rule"] == "retrain")
+
+
 def test_rank_study_has_its_own_density_grid_and_paper_tasks_by_default(tmp_path):
     """rank_study.densities adds pruned models (and rank jobs) only: no factorize/retrain/evaluate at
     the extra densities; rank_study.tasks null takes the paper's rank-study tasks the config runs."""
