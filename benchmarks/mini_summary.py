@@ -56,10 +56,15 @@ def stage_of(path: Path, record: dict) -> str:
     return str(record.get("stage", path.parent.name.split("-")[0]))
 
 
-def wall_times(results: Path, seed: int | str = "*", task: str = "*") -> dict[str, dict[str, float]]:
+def wall_times(results: Path, seed: int | str = "*", task: str = "*",
+               own: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Summed wall time per stage of the seed's artifacts; with `own` (artifact paths below s<seed>/, e.g.
+    an overlay run's chains without the teacher it reused) only those, not other configs' artifacts."""
     per_stage: dict[str, list[float]] = defaultdict(list)
     for path in sorted(results.glob(f"*/{task}/s{seed}/**/*.json")):
         if path.name not in ("metrics.json", "eval.json", "rank.json") or ".partial-" in str(path):
+            continue
+        if own is not None and "/".join(path.parts[path.parts.index(f"s{seed}") + 1:-1]) not in own:
             continue
         try:
             record = json.loads(path.read_text())
@@ -72,6 +77,15 @@ def wall_times(results: Path, seed: int | str = "*", task: str = "*") -> dict[st
         stage: {"jobs": len(v), "wall_s_total": round(sum(v), 1), "wall_s_max": round(max(v), 1)}
         for stage, v in sorted(per_stage.items())
     }
+
+
+def overlay_artifacts(rows) -> set[str]:
+    """The artifacts an overlay run made: every prefix of its rows' chains but the teacher it reused."""
+    own = set()
+    for chain in rows.loc[rows["dense"].astype(str).str.lower() != "true", "chain"].astype(str):
+        parts = chain.split("/")
+        own.update("/".join(parts[:i]) for i in range(2, len(parts) + 1))
+    return own
 
 
 def after_factorization(results: Path, seed: int | str, task: str, chains: set[str]) -> list[dict]:
@@ -211,7 +225,7 @@ def main() -> int:
             "machine": {"cores": os.cpu_count(), "snakemake_cores": args.cores,
                         "platform": platform.platform(), "python": platform.python_version()},
             "snakemake_invocations_wall_s": invocations,
-            "stage_wall_times": wall_times(results, int(seed), str(task)),
+            "stage_wall_times": wall_times(results, int(seed), str(task), own=overlay_artifacts(rows) if overlay else None),
         }
         info_path.write_text(json.dumps(info, indent=2) + "\n")
         done.append(f"s{int(seed)}/{task}")

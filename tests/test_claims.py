@@ -507,6 +507,12 @@ def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkey
                                   "m,sst2,dense,dense,1,43,True,dense-abc,0.8\n"
                                   "m,sst2,movement-learned,x,0.25,43,False,dense-abc/prune-movement-learned-1-d0.25,0.7\n")
     (exp / "rank_study.csv").write_text("model,task,seed,label,density,dense\nm,sst2,43,dense,1,True\n")
+    seed_dir = work / "results" / "m" / "sst2" / "s43"
+    for artifact, stage, wall in (("dense-abc", "finetune", 400.0),  # the reused teacher: not this run's
+                                  ("dense-abc/prune-movement-learned-1-d0.25", "prune", 1300.0),
+                                  ("dense-abc/prune-movement-0-d0.25", "prune", 500.0)):  # a base row's
+        (seed_dir / artifact).mkdir(parents=True)
+        (seed_dir / artifact / "metrics.json").write_text(json.dumps({"stage": stage, "wall_time_s": wall}))
     monkeypatch.setattr(sys, "argv", ["mini_summary.py", "--workdir", str(work), "--out", str(out),
                                       "--config", "config/mini.yaml", "config/mini_learned.yaml"])
     mod.main()
@@ -515,6 +521,7 @@ def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkey
     assert info["base_config_digest"] == config_digest(ROOT / "config" / "mini.yaml")
     assert info["config_digest"] == config_digest(ROOT / "config" / "mini_learned.yaml")
     assert not (out / "seeds").exists()
+    assert info["stage_wall_times"] == {"prune": {"jobs": 1, "wall_s_total": 1300.0, "wall_s_max": 1300.0}}
     monkeypatch.setattr(sys, "argv", ["mini_summary.py", "--workdir", str(work), "--out", str(out),
                                       "--config", "config/mini.yaml", "config/mini.yaml"])
     assert mod.main() == 2
