@@ -454,11 +454,13 @@ def test_overlay_rows_join_the_table_on_the_committed_teacher(tmp_path):
 
 
 def test_learned_movement_mask_must_leave_magnitude_in_every_seed(tmp_path, monkeypatch):
-    """The overlap rule: a learned movement row counts as learned only at overlap <= 0.8 in every seed; it makes
-    no accuracy claim against magnitude (4x the pruning steps), and its rank gets the C2 rank rule."""
+    """The overlap rule: a learned movement row counts as learned only at overlap <= 0.8 in every seed; the
+    overlay's row makes no accuracy claim against magnitude (4x the pruning steps), and its rank gets the C2 rank
+    rule. mini.yaml's own movement row is judged by the same overlap rule."""
     mod = _claims_module()
     _write_runs(tmp_path, {("magnitude", 0.25): [0.8, 0.8, 0.8], ("movement-learned", 0.25): [0.7, 0.8, 0.9],
-                           ("magnitude", 0.5): [0.8, 0.8, 0.8], ("movement-learned", 0.5): [0.7, 0.8, 0.9]})
+                           ("magnitude", 0.5): [0.8, 0.8, 0.8], ("movement-learned", 0.5): [0.7, 0.8, 0.9],
+                           ("movement", 0.25): [0.8, 0.8, 0.8]})
     with open(tmp_path / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     overlap = {(0.25, "1"): 0.5, (0.25, "2"): 0.6, (0.25, "3"): 0.7, (0.5, "1"): 0.7, (0.5, "2"): 0.85, (0.5, "3"): 0.7}
@@ -467,7 +469,7 @@ def test_learned_movement_mask_must_leave_magnitude_in_every_seed(tmp_path, monk
         w.writeheader()
         for r in rows:
             w.writerow({**r, "magnitude_overlap": overlap.get((float(r["density"]), r["seed"]), "")
-                        if r["method"] == "movement-learned" else ""})
+                        if r["method"] == "movement-learned" else 0.96 if r["method"] == "movement" else ""})
     with open(tmp_path / "rank_study.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "task", "seed", "label", "density", "avg_rank", "avg_effective_rank_99"])
@@ -477,14 +479,18 @@ def test_learned_movement_mask_must_leave_magnitude_in_every_seed(tmp_path, monk
     monkeypatch.setattr(sys, "argv", ["mini_claims.py", "--dir", str(tmp_path)])
     assert mod.main() == 0
     claims = json.loads((tmp_path / "claims.json").read_text())["claims"]
-    learned = {c["density"]: c for c in claims if c["claim"] == "learned movement mask differs from magnitude's"}
+    learned = {c["density"]: c for c in claims
+               if c["claim"] == "learned movement mask differs from magnitude's (movement-learned)"}
     assert learned[0.25]["verdict"] == "holds" and learned[0.25]["verdict_kind"] == "overlap rule"
     assert learned[0.5]["verdict"] == "does not hold (1 of 3 seeds above 0.8)"
+    prior = [c for c in claims if c["claim"] == "learned movement mask differs from magnitude's (movement)"]
+    assert [(c["density"], c["verdict"]) for c in prior] == [(0.25, "does not hold (3 of 3 seeds above 0.8)")]
+    assert [c for c in claims if c["claim"] == "C2 accuracy (movement ≥ magnitude)"]  # equal budgets: tested
     rank = [c for c in claims if c["claim"] == "C2 rank (movement-learned < magnitude)"]
     assert [c["verdict"] for c in rank] == ["does not hold (3 of 3 seeds above 0.9)"]
     assert not [c for c in claims if c["claim"].startswith("C2 accuracy (movement-learned")]
     count = json.loads((tmp_path / "claims.json").read_text())["verdict_count"]
-    assert (count["verdicts"], count["tested_at_95"], count["rank_rule"]) == (3, 0, 3)
+    assert (count["verdicts"], count["tested_at_95"], count["rank_rule"]) == (5, 1, 4)
 
 
 def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkeypatch):
