@@ -19,6 +19,10 @@ same teachers) is collected under `learned/s<seed>/<task>/` instead of `seeds/`,
 its own rows into the table (its dense rows only check that the teacher is the committed one):
 
     python benchmarks/mini_summary.py --config config/mini.yaml config/mini_learned.yaml
+
+A (seed, task) collected again from an invocation of the same config(s) that made other rows (another density,
+another method subset) keeps the committed rows it does not replace, and run_info.json lists the earlier
+invocations under `earlier_invocations`; a run of a changed config replaces what was committed.
 """
 
 from __future__ import annotations
@@ -123,6 +127,24 @@ def after_factorization(results: Path, seed: int | str, task: str, chains: set[s
     return rows
 
 
+def committed_rows_kept(d: Path, previous: dict, digest: str, base_digest: str | None,
+                        new_chains: set[str]) -> dict:
+    """The committed rows of `d` that this collection does not replace: those of an earlier invocation of the
+    same config (same digests) whose chains this run did not make, e.g. another density of an overlay run
+    (`DENSITIES='[0.25]'`, later `'[0.5]'`). Empty when nothing is kept: a run of another config overwrites."""
+    import pandas as pd
+
+    if (previous.get("config_digest") != digest or previous.get("base_config_digest") != base_digest
+            or not (d / "runs.csv").is_file()):
+        return {}
+    kept = {}
+    for name in ("runs.csv", "rank_study.csv", "after_factorization.csv"):
+        if (d / name).is_file():
+            frame = pd.read_csv(d / name)
+            kept[name] = frame[~frame["chain"].astype(str).isin(new_chains)] if "chain" in frame else frame.iloc[:0]
+    return kept if len(kept["runs.csv"]) else {}
+
+
 def experiment_dir(results: Path, config: Path) -> Path:
     """Where the workflow wrote the experiment's runs.csv and rank_study.csv: results/<experiment>/
     (`name:`, else the config file's stem), or results/ itself for a run made before experiments had
@@ -198,27 +220,39 @@ def main() -> int:
     runs = pd.read_csv(tables / "runs.csv")
     ranks = pd.read_csv(tables / "rank_study.csv")
     done = []
+    digest = config_digest(config)
+    base_digest = config_digest(configs[0]) if overlay else None
     for (seed, task), rows in runs.groupby(["seed", "task"]):
         d = out / (overlay or "seeds") / f"s{int(seed)}" / str(task)
         d.mkdir(parents=True, exist_ok=True)
-        rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
-        ranks[(ranks["seed"] == seed) & (ranks["task"] == task)].to_csv(
-            d / "rank_study.csv", index=False, float_format="%.6g")
-        factorized = after_factorization(results, int(seed), str(task), set(rows["chain"].astype(str)))
-        if factorized:
-            pd.DataFrame(factorized).to_csv(d / "after_factorization.csv", index=False, float_format="%.6g")
         info_path = d / "run_info.json"
         previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        invocations = previous.get("snakemake_invocations_wall_s", []) if previous.get("commit") == commit else []
+        rank_rows = ranks[(ranks["seed"] == seed) & (ranks["task"] == task)]
+        factorized = pd.DataFrame(after_factorization(results, int(seed), str(task), set(rows["chain"].astype(str))))
+        merged = committed_rows_kept(d, previous, digest, base_digest, set(rows["chain"].astype(str)))
+        if merged:  # an earlier invocation of the same config made other rows (e.g. another density): keep them
+            rows = pd.concat([merged["runs.csv"], rows], ignore_index=True)
+            rank_rows = pd.concat([merged.get("rank_study.csv"), rank_rows], ignore_index=True)
+            factorized = pd.concat([merged.get("after_factorization.csv"), factorized], ignore_index=True)
+        rows.to_csv(d / "runs.csv", index=False, float_format="%.6g")
+        rank_rows.to_csv(d / "rank_study.csv", index=False, float_format="%.6g")
+        if len(factorized):
+            factorized.to_csv(d / "after_factorization.csv", index=False, float_format="%.6g")
+        # a resumed run (same commit, same rows) adds up its invocations; a merged one lists the earlier apart
+        invocations = (list(previous.get("snakemake_invocations_wall_s", []))
+                       if not merged and previous.get("commit") == commit else [])
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
         info = {
             "command": args.command or COMMANDS.get(args.config[-1], f"snakemake --cores {args.cores} "
                                                                      f"--configfile {' '.join(args.config)}"),
             "config": args.config[-1],
-            "config_digest": config_digest(config),
+            "config_digest": digest,
             "commit": commit,
-            **({"configs": args.config, "base_config_digest": config_digest(configs[0])} if overlay else {}),
+            **({"configs": args.config, "base_config_digest": base_digest} if overlay else {}),
+            **({"earlier_invocations": previous.get("earlier_invocations", [])
+                + [{k: previous.get(k) for k in ("command", "commit", "snakemake_invocations_wall_s")}]}
+               if merged else {}),
             "seed": int(seed),
             "task": str(task),
             "tasks_in_invocation": sorted(map(str, runs["task"].unique())),

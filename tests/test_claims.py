@@ -496,7 +496,11 @@ def test_learned_movement_mask_must_leave_magnitude_in_every_seed(tmp_path, monk
 def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkeypatch):
     """mini_summary with an overlay (--config config/mini.yaml config/mini_learned.yaml) reads the overlay's
     experiment directory and commits under learned/, recording both configs and the base config's digest (what
-    mini_aggregate checks against the committed seeds); an unknown second config is refused in one line."""
+    mini_aggregate checks against the committed seeds); an unknown second config is refused in one line. A later
+    invocation of the same configs (another density) keeps the committed rows beside its own; a changed config
+    replaces them."""
+    import pandas as pd
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("mini_summary", ROOT / "benchmarks" / "mini_summary.py")
     mod = importlib.util.module_from_spec(spec)
@@ -531,3 +535,29 @@ def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["mini_summary.py", "--workdir", str(work), "--out", str(out),
                                       "--config", "config/mini.yaml", "config/mini.yaml"])
     assert mod.main() == 2
+
+    # a later invocation of the same overlay at another density keeps the committed 0.25 rows beside its own
+    (exp / "runs.csv").write_text("model,task,method,label,density,seed,dense,chain,headline\n"
+                                  "m,sst2,dense,dense,1,43,True,dense-abc,0.8\n"
+                                  "m,sst2,movement-learned,x,0.5,43,False,dense-abc/prune-movement-learned-1-d0.5,0.75\n")
+    (seed_dir / "dense-abc/prune-movement-learned-1-d0.5").mkdir(parents=True)
+    (seed_dir / "dense-abc/prune-movement-learned-1-d0.5/metrics.json").write_text(
+        json.dumps({"stage": "prune", "wall_time_s": 1200.0}))
+    collect = ["mini_summary.py", "--workdir", str(work), "--out", str(out), "--snakemake-wall-s", "70",
+               "--config", "config/mini.yaml", "config/mini_learned.yaml"]
+    monkeypatch.setattr(sys, "argv", collect)
+    mod.main()
+    d = out / "learned" / "s43" / "sst2"
+    merged = pd.read_csv(d / "runs.csv")
+    assert sorted(zip(merged["method"], merged["density"])) == [
+        ("dense", 1.0), ("movement-learned", 0.25), ("movement-learned", 0.5)]
+    info = json.loads((d / "run_info.json").read_text())
+    assert info["stage_wall_times"]["prune"] == {"jobs": 2, "wall_s_total": 2500.0, "wall_s_max": 1300.0}
+    assert [e["snakemake_invocations_wall_s"] for e in info["earlier_invocations"]] == [[]]
+    assert info["snakemake_invocations_wall_s"] == [70.0]
+    # a run of a changed overlay config replaces what was committed instead
+    learned_yaml = work / "config" / "mini_learned.yaml"
+    learned_yaml.write_text(learned_yaml.read_text() + "\nlatency_note: changed\n")
+    mod.main()
+    assert sorted(pd.read_csv(d / "runs.csv")["density"]) == [0.5, 1.0]
+    assert "earlier_invocations" not in json.loads((d / "run_info.json").read_text())
