@@ -8,7 +8,8 @@ the ``timing.json`` of ``lpaf time-models`` that timed the model and its dense t
 
 Outputs:
 - ``runs.csv``: one line per run (every dev metric, headline, % retained, parameters, latency,
-  speed-up vs the dense teacher of the same task and seed, the device it was timed on);
+  speed-up vs the dense teacher of the same task and seed, the device it was timed on, and
+  ``majority_fraction``: the largest share of dev examples given one prediction, how near a collapse);
 - ``table.csv``: one line per (model, task, method, density): mean and std over seeds of every
   dev metric and of the headline metric, % encoder parameters retained (non-zero weights, so
   sparse and low-rank models share one axis), whole-model parameters, speed-up, number of seeds;
@@ -139,6 +140,10 @@ def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | No
     record["magnitude_overlap"] = _number((blob.get("magnitude_overlap") or {}).get("mean"))
     # a collapsed model (one class for every dev example) is a failed run, not a score
     record["degenerate"] = bool((blob.get("predictions") or {}).get("degenerate", False))
+    # how near a collapse it is: the largest share of dev examples given one prediction (nan for regression)
+    splits = ((blob.get("predictions") or {}).get("splits") or {}).values()
+    record["majority_fraction"] = max((_number(s.get("majority_fraction")) for s in splits
+                                       if isinstance(s, dict) and "majority_fraction" in s), default=math.nan)
     record["metric_keys"] = list(blob["metrics"])
     record["recipe_args"] = recipe_args(row["metrics"])
     for key, value in blob["metrics"].items():

@@ -194,9 +194,14 @@ def test_magnitude_overlap_and_degenerate_runs_reach_the_table(runs_dir, tmp_pat
     for i, row in enumerate(svd_rows):
         blob = json.loads(Path(row["metrics"]).read_text())
         blob["magnitude_overlap"] = {"mean": 0.5 + 0.1 * i, "overall": 0.5, "random_baseline": 0.25}
-        blob["predictions"] = {"degenerate": i == 0, "splits": {}}
+        blob["predictions"] = {"degenerate": i == 0, "splits": {"validation": {
+            "majority_fraction": 1.0 if i == 0 else 0.9, "degenerate": i == 0}}}
         Path(row["metrics"]).write_text(json.dumps(blob))
     runs = load_runs(rows)
+    # how near a collapse each run is: a runs.csv column (nan where no predictions were recorded)
+    svd_runs = runs[(runs["task"] == "mrpc") & (runs["method"] == "svd")].sort_values("seed")
+    assert sorted(svd_runs["majority_fraction"]) == [0.9] * (len(svd_rows) - 1) + [1.0]
+    assert runs[runs["method"] == "dense"]["majority_fraction"].isna().all()
     table = aggregate(runs)
     svd = table[(table["task"] == "mrpc") & (table["method"] == "svd")].iloc[0]
     dense = table[(table["task"] == "mrpc") & (table["method"] == "dense")].iloc[0]
