@@ -243,6 +243,10 @@ def main() -> int:
                        if not merged and previous.get("commit") == commit else [])
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
+        same_config = (previous.get("config_digest") == digest and previous.get("base_config_digest") == base_digest)
+        earlier = list(previous.get("earlier_invocations", [])) if same_config else []
+        if merged:
+            earlier.append({k: previous.get(k) for k in ("command", "commit", "snakemake_invocations_wall_s")})
         info = {
             "command": args.command or COMMANDS.get(args.config[-1], f"snakemake --cores {args.cores} "
                                                                      f"--configfile {' '.join(args.config)}"),
@@ -250,9 +254,7 @@ def main() -> int:
             "config_digest": digest,
             "commit": commit,
             **({"configs": args.config, "base_config_digest": base_digest} if overlay else {}),
-            **({"earlier_invocations": previous.get("earlier_invocations", [])
-                + [{k: previous.get(k) for k in ("command", "commit", "snakemake_invocations_wall_s")}]}
-               if merged else {}),
+            **({"earlier_invocations": earlier} if earlier else {}),
             "seed": int(seed),
             "task": str(task),
             "tasks_in_invocation": sorted(map(str, runs["task"].unique())),

@@ -555,7 +555,17 @@ def test_summary_commits_an_overlay_run_under_its_own_directory(tmp_path, monkey
     assert info["stage_wall_times"]["prune"] == {"jobs": 2, "wall_s_total": 2500.0, "wall_s_max": 1300.0}
     assert [e["snakemake_invocations_wall_s"] for e in info["earlier_invocations"]] == [[]]
     assert info["snakemake_invocations_wall_s"] == [70.0]
+    # collected again with every row (a table rebuilt over both densities): nothing to keep, history stays
+    (exp / "runs.csv").write_text((exp / "runs.csv").read_text() + "m,sst2,movement-learned,x,0.25,43,False,"
+                                  "dense-abc/prune-movement-learned-1-d0.25,0.7\n")
+    monkeypatch.setattr(sys, "argv", collect[:5] + collect[7:])  # no --snakemake-wall-s
+    mod.main()
+    again = json.loads((d / "run_info.json").read_text())
+    assert again["earlier_invocations"] == info["earlier_invocations"]
+    assert again["snakemake_invocations_wall_s"] == [70.0] and len(pd.read_csv(d / "runs.csv")) == 3
+    monkeypatch.setattr(sys, "argv", collect)
     # a run of a changed overlay config replaces what was committed instead
+    (exp / "runs.csv").write_text("".join((exp / "runs.csv").read_text().splitlines(keepends=True)[:3]))  # 0.5 only
     learned_yaml = work / "config" / "mini_learned.yaml"
     learned_yaml.write_text(learned_yaml.read_text() + "\nlatency_note: changed\n")
     mod.main()
