@@ -38,7 +38,7 @@ for task in $TASKS; do
   fi
   wall=$(( $(date +%s) - start ))
   echo "[$(date -u +%FT%TZ)] $task done in $wall s"
-  python benchmarks/mini_summary.py --config config/mini.yaml config/mini_learned.yaml \
+  python benchmarks/mini_summary.py --config config/mini.yaml config/mini_learned.yaml --cores "$CORES" \
     --snakemake-wall-s "$wall" --command "$(printf '%q ' "${cmd[@]}")" \
     || { echo "mini_learned: collecting $task failed (rerun: python benchmarks/mini_summary.py --config config/mini.yaml config/mini_learned.yaml)" >&2; failed=1; }
 done
