@@ -7,8 +7,9 @@
 #   setsid nohup benchmarks/mini_learned.sh > logs/mini_learned.log 2>&1 &   # SST-2, seeds 43 44 45
 #   SEEDS='[43]' TASKS='mrpc' DENSITIES='[0.25]' benchmarks/mini_learned.sh  # a smaller piece (< 150 min)
 #
-# SST-2's three seeds took 75 min on 2 cores (benchmarks/results/mini/README.md); MRPC's sequences are
-# twice as long. Resumable: Snakemake reruns only what is missing, an interrupted job resumes from its
+# Measured on 2 cores (benchmarks/results/mini/README.md): SST-2, three seeds, both densities, 75 min;
+# MRPC, three seeds, one density per invocation, 65-74 min (its sequences are twice as long). A later
+# invocation at another density adds its rows to the committed ones (mini_summary.py). Resumable: Snakemake reruns only what is missing, an interrupted job resumes from its
 # last checkpoint. The teachers are mini.yaml's (the same artifact hash): when they are missing Snakemake
 # trains them again, and mini_aggregate.py refuses a teacher whose dev score differs from the committed one.
 set -euo pipefail
