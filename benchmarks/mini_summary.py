@@ -127,15 +127,13 @@ def after_factorization(results: Path, seed: int | str, task: str, chains: set[s
     return rows
 
 
-def committed_rows_kept(d: Path, previous: dict, digest: str, base_digest: str | None,
-                        new_chains: set[str]) -> dict:
-    """The committed rows of `d` that this collection does not replace: those of an earlier invocation of the
-    same config (same digests) whose chains this run did not make, e.g. another density of an overlay run
-    (`DENSITIES='[0.25]'`, later `'[0.5]'`). Empty when nothing is kept: a run of another config overwrites."""
+def committed_rows_kept(d: Path, new_chains: set[str]) -> dict:
+    """The committed rows of `d` (an earlier invocation of the same config) that this collection does not
+    replace: those whose chains this run did not make, e.g. another density of an overlay run
+    (`DENSITIES='[0.25]'`, later `'[0.5]'`). Empty when nothing is kept."""
     import pandas as pd
 
-    if (previous.get("config_digest") != digest or previous.get("base_config_digest") != base_digest
-            or not (d / "runs.csv").is_file()):
+    if not (d / "runs.csv").is_file():
         return {}
     kept = {}
     for name in ("runs.csv", "rank_study.csv", "after_factorization.csv"):
@@ -229,7 +227,9 @@ def main() -> int:
         previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
         rank_rows = ranks[(ranks["seed"] == seed) & (ranks["task"] == task)]
         factorized = pd.DataFrame(after_factorization(results, int(seed), str(task), set(rows["chain"].astype(str))))
-        merged = committed_rows_kept(d, previous, digest, base_digest, set(rows["chain"].astype(str)))
+        # a run of a changed config replaces what was committed; one of the same config adds to it
+        same_config = (previous.get("config_digest") == digest and previous.get("base_config_digest") == base_digest)
+        merged = committed_rows_kept(d, set(rows["chain"].astype(str))) if same_config else {}
         if merged:  # an earlier invocation of the same config made other rows (e.g. another density): keep them
             rows = pd.concat([merged["runs.csv"], rows], ignore_index=True)
             rank_rows = pd.concat([merged.get("rank_study.csv"), rank_rows], ignore_index=True)
@@ -243,7 +243,6 @@ def main() -> int:
                        if not merged and previous.get("commit") == commit else [])
         if args.snakemake_wall_s is not None:
             invocations.append(args.snakemake_wall_s)
-        same_config = (previous.get("config_digest") == digest and previous.get("base_config_digest") == base_digest)
         earlier = list(previous.get("earlier_invocations", [])) if same_config else []
         if merged:
             earlier.append({k: previous.get(k) for k in ("command", "commit", "snakemake_invocations_wall_s")})
