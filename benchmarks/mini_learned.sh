@@ -9,8 +9,8 @@
 #
 # Measured on 2 cores (benchmarks/results/mini/README.md): SST-2, three seeds, both densities, 75 min;
 # MRPC, three seeds, one density per invocation, 65-74 min (its sequences are twice as long). A later
-# invocation at another density adds its rows to the committed ones (mini_summary.py). Resumable: Snakemake reruns only what is missing, an interrupted job resumes from its
-# last checkpoint. The teachers are mini.yaml's (the same artifact hash): when they are missing Snakemake
+# invocation at another density adds its rows to the committed ones (mini_summary.py). Resumable:
+# Snakemake reruns only what is missing, an interrupted job resumes from its last checkpoint. The teachers are mini.yaml's (the same artifact hash): when they are missing Snakemake
 # trains them again, and mini_aggregate.py refuses a teacher whose dev score differs from the committed one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
