@@ -54,6 +54,7 @@ CRITERION_FLAGS: dict[str, list[str]] = {
     "magnitude": ["--method", "magnitude"],
 }
 STARTS = ("pretrained", "finetuned")
+TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI"}
 GLOBAL_CRITERIA = frozenset({"platon-reference"})  # one top-k over all matrices
 # (criterion, start, density, steps, seed): the new regime first, each against its control.
 CELLS: list[tuple[str, str, float, int, int]] = [
@@ -108,10 +109,13 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
         record = json.loads(result_path.read_text())
         missing = [f for f in FACTORIZATIONS if f[0] not in record.get("after_factorization", {})
                    and (not args.factorizations or f[0] in args.factorizations)]
+        changed = _add_predictions(record, out, Path(args.work) / name)
         if missing and (out / "metrics.json").is_file():
             _factorize_all(args, record, name, out, density, seed, missing)
-            result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
             print(f"[{time.strftime('%H:%M:%S')}] {name}: added {', '.join(f[0] for f in missing)}", flush=True)
+            changed = True
+        if changed:
+            result_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return record
     log = Path(args.work) / f"{name}.log"
     flags = prune_flags(args, criterion, start, density, steps, seed)
@@ -131,6 +135,7 @@ def run_cell(args, cell: tuple[str, str, float, int, int]) -> dict | None:
     record |= {"criterion": criterion, "start": start, "steps": steps, "seed": seed, "task": args.task,
                "teacher": str(args.teacher), "teacher_headline": json.loads(
                    (Path(args.teacher) / "metrics.json").read_text())["headline"],
+               "headline_metric": metrics.get("headline_metric"), "predictions": _collapse(metrics),
                "platon": metrics.get("platon"), "prune_start": metrics.get("start"),
                "magnitude_overlap_with_start": {k: v for k, v in (metrics.get("magnitude_overlap") or {}).items()
                                                 if k != "per_matrix"},
@@ -161,10 +166,37 @@ def _factorize_all(args, record: dict, name: str, out: Path, density: float, see
                 continue
         frecord = json.loads((fout / "metrics.json").read_text())
         record.setdefault("after_factorization", {})[label] = {
-            "headline": frecord["headline"], "metrics": frecord["metrics"],
+            "headline": frecord["headline"], "metrics": frecord["metrics"], "predictions": _collapse(frecord),
             "retained_percent": frecord.get("retained_percent"),
             "relative_error": {k: v for k, v in ((frecord.get("factorization") or {}).get("summary") or {}).items()
                                if k.endswith("relative_error")}}
+
+
+def _collapse(metrics: dict) -> dict | None:
+    """How near a model's dev predictions are to one class: ``degenerate`` (lpaf's flag: a failed run,
+    not a score) and ``majority_fraction`` (the largest share of dev examples given one prediction).
+    MRPC's F1 of a model that answers "paraphrase" everywhere is 0.81, so its score alone hides it."""
+    splits = [s for s in ((metrics.get("predictions") or {}).get("splits") or {}).values() if isinstance(s, dict)]
+    if not splits:
+        return None
+    return {"degenerate": bool(metrics["predictions"].get("degenerate", False)),
+            "majority_fraction": max(float(s.get("majority_fraction", 0.0)) for s in splits)}
+
+
+def _add_predictions(record: dict, out: Path, prefix: Path) -> bool:
+    """Fill in the collapse fields of a cell recorded before they existed, from its models in the work
+    folder (if still there). True if anything was added."""
+    changed = False
+    if "predictions" not in record and (out / "metrics.json").is_file():
+        metrics = json.loads((out / "metrics.json").read_text())
+        record |= {"predictions": _collapse(metrics), "headline_metric": metrics.get("headline_metric")}
+        changed = True
+    for label, entry in (record.get("after_factorization") or {}).items():
+        fmetrics = Path(f"{prefix}.{label}") / "metrics.json"
+        if "predictions" not in entry and fmetrics.is_file():
+            entry["predictions"] = _collapse(json.loads(fmetrics.read_text()))
+            changed = True
+    return changed
 
 
 def one_shot_magnitude(args, source: str, start: str, scope: str, density: float) -> dict:
@@ -242,9 +274,15 @@ def summarise(records: list[dict]) -> list[dict]:
                "mean_rank": stat(lambda r: r["rank"]["mean_rank"]),
                "eff99": stat(lambda r: r["rank"]["mean_effective_rank_99"]),
                "overlap": stat(lambda r: r["overlap_with_teacher_top_abs"]),
-               "zero_rows": stat(lambda r: r["mean_zero_rows"])}
+               "zero_rows": stat(lambda r: r["mean_zero_rows"]),
+               "metric": next((r["headline_metric"] for r in rs if r.get("headline_metric")), None),
+               "one_class": _count_one_class([r.get("predictions") for r in rs if r["headline"] is not None]),
+               "majority_fraction": stat(lambda r: (r.get("predictions") or {}).get("majority_fraction"))}
         for label, _ in FACTORIZATIONS:
             row[label] = stat(lambda r, label=label: (r.get("after_factorization", {}).get(label) or {}).get("headline"))
+            row[f"{label}_one_class"] = _count_one_class(
+                [(r.get("after_factorization", {}).get(label) or {}).get("predictions") for r in rs
+                 if label in r.get("after_factorization", {})])
         rows.append(row)
     # the ratio of 99%-energy ranks to magnitude's: a trained magnitude cell of the same start, density and
     # length for a local criterion; the one-shot global magnitude mask of the same start for a global one
@@ -265,6 +303,14 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _count_one_class(predictions: list[dict | None]) -> int | None:
+    """How many of these models predict one class on dev (lpaf's degenerate flag); None when a model
+    was recorded before the flag was (the SST-2 cells: a collapse there shows as 0.509 accuracy)."""
+    if not predictions or any(p is None for p in predictions):
+        return None
+    return sum(bool(p["degenerate"]) for p in predictions)
+
+
 def markdown(rows: list[dict]) -> str:
     """Two tables: the masks (dev, rank, overlap) and the dev score right after each factorization."""
     def fmt(pair, digits):
@@ -273,28 +319,38 @@ def markdown(rows: list[dict]) -> str:
         mean, std = pair
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
-    head = ["start", "criterion", "density", "steps", "seeds", "dev acc", "mean rank", "99%-energy rank",
-            "ratio to magnitude", "magnitude overlap", "zero rows"]
+    def flagged(pair, one_class, digits):  # a score, and how many seeds' models predict one class
+        text = fmt(pair, digits)
+        return text + (f" ({one_class} one class)" if pair is not None and one_class else "")
+
+    metric = next((r["metric"] for r in rows if r.get("metric")), "accuracy")
+    show_collapse = any(r["one_class"] is not None for r in rows)
+    head = ["start", "criterion", "density", "steps", "seeds", f"dev {metric}", "mean rank", "99%-energy rank",
+            "ratio to magnitude", "magnitude overlap", "zero rows", *(["one class", "majority share"] * show_collapse)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = "–" if r["eff99_ratio_to_magnitude"] is None else f"{r['eff99_ratio_to_magnitude']:.3f}"
         cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]), str(r["n"]), fmt(r["dev"], 3),
                  fmt(r["mean_rank"], 1), fmt(r["eff99"], 1), ratio, fmt(r["overlap"], 3), fmt(r["zero_rows"], 1)]
+        if show_collapse:
+            cells += ["–" if r["one_class"] is None else f"{r['one_class']} of {r['n']}", fmt(r["majority_fraction"], 3)]
         lines.append("| " + " | ".join(cells) + " |")
     labels = [label for label, _ in FACTORIZATIONS]
     fact_rows = [r for r in rows if any(r[label] for label in labels)]
     if fact_rows:
         head = ["start", "criterion", "density", "steps", "pruned", *labels]
-        lines += ["", "Dev accuracy right after factorization (no re-training), rank budget of the density:", "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["", f"Dev {metric} right after factorization (no re-training), rank budget of the density"
+                  + ("; \"(k one class)\": k seeds' models predict one class on dev" if show_collapse else "") + ":",
+                  "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in fact_rows:
-            cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]), fmt(r["dev"], 3),
-                     *[fmt(r[label], 3) for label in labels]]
+            cells = [r["start"], r["criterion"], f"{r['density']:g}", str(r["steps"]),
+                     flagged(r["dev"], r["one_class"], 3),
+                     *[flagged(r[label], r[f"{label}_one_class"], 3) for label in labels]]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
+def figure(rows: list[dict], path: str, density: float, steps: int, task: str) -> None:
     """Horizontal bars per (criterion, start): 99%-energy rank, overlap with top-|W|, dev accuracy;
     error bars (sample std over seeds) only where a row has two seeds or more."""
     import matplotlib
@@ -303,11 +359,13 @@ def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r["density"] == density and r["steps"] in (0, steps)]  # 0: the one-shot controls
+    metric = next((r["metric"] for r in rows if r.get("metric")), "accuracy")
     labels = [f"{r['criterion']} · {r['start']}" + (f" (n={r['n']})" if r["steps"] else "") for r in rows]
     colors = ["#1f77b4" if r["start"] == "pretrained" else "#ff7f0e" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 0.42 * len(rows) + 1.6), sharey=True)
     for ax, key, title in zip(axes, ("eff99", "overlap", "dev"),
-                              ("99%-energy rank (of 384)", "overlap with the teacher's top-|W|", "SST-2 dev accuracy")):
+                              ("99%-energy rank (of 384)", "overlap with the teacher's top-|W|",
+                               f"{TASK_NAMES.get(task, task)} dev {metric}")):
         y = list(range(len(rows)))
         widths = [r[key][0] if r[key] else float("nan") for r in rows]  # no bar where not measured
         errors = [r[key][1] if r[key] and r[key][1] is not None else 0.0 for r in rows]
@@ -317,7 +375,7 @@ def figure(rows: list[dict], path: str, density: float, steps: int) -> None:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"MiniLM-L6, SST-2, density {density:g}, {steps:,} pruning steps (one-shot magnitude: no training): "
+    fig.suptitle(f"MiniLM-L6, {TASK_NAMES.get(task, task)}, density {density:g}, {steps:,} pruning steps (one-shot magnitude: no training): "
                  f"pre-trained start (blue) vs fine-tuned start (orange)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -375,7 +433,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.figure:
-        figure(rows, args.figure, args.figure_density, args.figure_steps)
+        figure(rows, args.figure, args.figure_density, args.figure_steps, args.task)
 
 
 if __name__ == "__main__":
