@@ -294,9 +294,12 @@ def summarise(records: list[dict]) -> list[dict]:
         if scope == "global":
             control = [c for c in rows if c["criterion"] == "magnitude one-shot global (no training)"
                        and c["start"] == row["start"] and c["density"] == row["density"]]
-        else:
+        else:  # a trained magnitude cell if there is one, else the one-shot local mask it reproduces (SST-2:
+            # 99%-energy rank 293.7 trained for 1,000 steps vs 293.6 one-shot)
             control = [c for c in rows if c["criterion"].startswith("magnitude") and c["steps"] == row["steps"]
                        and c["start"] == row["start"] and c["density"] == row["density"]]
+            control = control or [c for c in rows if c["criterion"] == "magnitude one-shot local (no training)"
+                                  and c["start"] == row["start"] and c["density"] == row["density"]]
         row["eff99_ratio_to_magnitude"] = (row["eff99"][0] / control[0]["eff99"][0]
                                            if control and row["eff99"] else None)
         row["magnitude_control"] = control[0]["criterion"] if control else None
