@@ -107,6 +107,10 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
         "expanded_fraction_overall": (m.get("schedule") or {}).get("expanded_fraction_overall"),
         "encoder_linear_params": m["params"]["encoder_linear"],
         "degenerate": (m.get("predictions") or {}).get("degenerate"),
+        # how near one class (MRPC: F1 0.81 is the all-"paraphrase" score), and every dev metric
+        "majority_fraction": max((s.get("majority_fraction", 0.0) for s in
+                                  ((m.get("predictions") or {}).get("splits") or {}).values()), default=None),
+        "metrics": m["metrics"],
         "factor_budget": m.get("factor_budget"),
     }
 
