@@ -3,7 +3,8 @@ runs in its references' regime — fine-pruning from the *pre-trained* model whi
 separately fine-tuned teacher (Sanh et al.; PLATON's scripts) — rather than continuing from the
 fine-tuned model with a frozen copy of itself as the teacher (this project's regime until now)?
 
-Every cell is one ``lpaf prune`` (full SST-2 training set, max length 64, batch 32, lr 3e-5,
+Every cell is one ``lpaf prune`` (``--task sst2``: full SST-2 training set, max length 64; ``--task mrpc
+--max-length 128``: MRPC's 3,668 pairs, 8.7 epochs in 1,000 steps; batch 32, lr 3e-5,
 distillation α 0.9 from the teacher, cubic schedule with 10% / 20% warm-ups, fixed steps), then
 ``study.py``'s ``analyse`` (dev score, mean numerical rank, 99%-energy rank, zero rows, overlap with
 the teacher's top-|W|), and the dev score right after factorization of the pruned model (sparsity-
@@ -308,7 +309,8 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def _count_one_class(predictions: list[dict | None]) -> int | None:
     """How many of these models predict one class on dev (lpaf's degenerate flag); None when a model
-    was recorded before the flag was (the SST-2 cells: a collapse there shows as 0.509 accuracy)."""
+    was recorded before the flag was (the schedule study's cells: a collapse there shows as 0.509
+    accuracy)."""
     if not predictions or any(p is None for p in predictions):
         return None
     return sum(bool(p["degenerate"]) for p in predictions)
