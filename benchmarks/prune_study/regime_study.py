@@ -355,6 +355,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def retrained_markdown(task: str, results_dir: Path) -> str:
+    """The cells' factorizations re-trained by ``benchmarks/retrain_study/study.py --tag regime-<task>-…``
+    (its setup names the factorized model, ``<work>/<cell>.<label>``): score right after factorization
+    and after re-training per re-training seed, with each model's share of dev given one class."""
+    labels = [label for label, _ in FACTORIZATIONS]
+    lines = []
+    for path in sorted((HERE.parent / "retrain_study").glob(f"results_regime-{task}-*.json")):
+        results = json.loads(path.read_text())
+        base = Path(results["setup"]["factorized"]).name
+        label = next((lab for lab in labels if base.endswith("." + lab)), None)
+        cell_path = results_dir / f"{base[: -len(label) - 1]}.json" if label else None
+        if cell_path is None or not cell_path.is_file():
+            continue
+        cell = json.loads(cell_path.read_text())
+        after = cell["after_factorization"][label]
+        runs = sorted(results["runs"].values(), key=lambda r: r["seed"])
+        metric = runs[0]["metric"]
+
+        def share(r):
+            return ("–" if r.get("majority_fraction") is None else f"{100 * r['majority_fraction']:.1f}%") + (
+                " (failed)" if r.get("degenerate") else "")
+        lines.append(f"| {label} | {cell['start']} | {cell['criterion']} | {cell['seed']} | {after['headline']:.3f}, "
+                     f"{100 * (after.get('predictions') or {}).get('majority_fraction', float('nan')):.1f}% | "
+                     + " / ".join(f"{r['metrics'][metric]:.3f}" for r in runs) + " | "
+                     + " / ".join(share(r) for r in runs) + " |")
+    if not lines:
+        return ""
+    head = ["factorization", "start", "criterion", "mask seed", "right after factorization, one class",
+            "after re-training, per re-training seed", "one class per re-training seed"]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
+
+
 def figure(rows: list[dict], path: str, density: float, steps: int, task: str) -> None:
     """Horizontal bars per (criterion, start): 99%-energy rank, overlap with top-|W|, dev accuracy;
     error bars (sample std over seeds) only where a row has two seeds or more."""
@@ -434,6 +466,9 @@ def main() -> None:
     rows = summarise(load_records(Path(args.results), HERE / "schedule" / args.task))
     if args.table:
         print(markdown(rows))
+        retrained = retrained_markdown(args.task, Path(args.results))
+        if retrained:
+            print("\nRe-trained (benchmarks/retrain_study/results_regime-" + args.task + "-*.json):\n\n" + retrained)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {args.json}")
