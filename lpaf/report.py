@@ -118,6 +118,15 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def majority_fraction(metrics: dict[str, Any]) -> float:
+    """How near a collapse a model's dev predictions are: the largest share of dev examples given one
+    prediction, over the splits of a metrics.json's ``predictions`` (nan where none is recorded, e.g.
+    regression)."""
+    splits = ((metrics.get("predictions") or {}).get("splits") or {}).values()
+    return max((_number(s.get("majority_fraction")) for s in splits
+                if isinstance(s, dict) and "majority_fraction" in s), default=math.nan)
+
+
 def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One run row (with file paths) -> one flat record of numbers."""
     blob = _read_json(row["metrics"])
@@ -141,9 +150,7 @@ def run_record(row: dict[str, Any], timing_cache: dict[str, dict[str, Any]] | No
     # a collapsed model (one class for every dev example) is a failed run, not a score
     record["degenerate"] = bool((blob.get("predictions") or {}).get("degenerate", False))
     # how near a collapse it is: the largest share of dev examples given one prediction (nan for regression)
-    splits = ((blob.get("predictions") or {}).get("splits") or {}).values()
-    record["majority_fraction"] = max((_number(s.get("majority_fraction")) for s in splits
-                                       if isinstance(s, dict) and "majority_fraction" in s), default=math.nan)
+    record["majority_fraction"] = majority_fraction(blob)
     record["metric_keys"] = list(blob["metrics"])
     record["recipe_args"] = recipe_args(row["metrics"])
     for key, value in blob["metrics"].items():

@@ -177,11 +177,14 @@ def _collapse(metrics: dict) -> dict | None:
     """How near a model's dev predictions are to one class: ``degenerate`` (lpaf's flag: a failed run,
     not a score) and ``majority_fraction`` (the largest share of dev examples given one prediction).
     MRPC's F1 of a model that answers "paraphrase" everywhere is 0.81, so its score alone hides it."""
-    splits = [s for s in ((metrics.get("predictions") or {}).get("splits") or {}).values() if isinstance(s, dict)]
-    if not splits:
+    import math
+
+    from lpaf.report import majority_fraction
+
+    share = majority_fraction(metrics)
+    if math.isnan(share):
         return None
-    return {"degenerate": bool(metrics["predictions"].get("degenerate", False)),
-            "majority_fraction": max(float(s.get("majority_fraction", 0.0)) for s in splits)}
+    return {"degenerate": bool(metrics["predictions"].get("degenerate", False)), "majority_fraction": share}
 
 
 def _add_predictions(record: dict, out: Path, prefix: Path) -> bool:

@@ -94,6 +94,8 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
         if rc != 0:
             raise SystemExit(f"{variant} seed {seed} failed with exit code {rc}; see {log}")
+    from lpaf.report import majority_fraction
+
     m = json.loads((out / "metrics.json").read_text())
     train = m["train"]
     key = m.get("headline_metric") or ("f1" if "f1" in m["metrics"] else "accuracy")  # MRPC F1, CoLA MCC, SST-2 acc
@@ -108,11 +110,14 @@ def run_one(variant: str, seed: int, factorized: Path, args) -> dict:
         "encoder_linear_params": m["params"]["encoder_linear"],
         "degenerate": (m.get("predictions") or {}).get("degenerate"),
         # how near one class (MRPC: F1 0.81 is the all-"paraphrase" score), and every dev metric
-        "majority_fraction": max((s.get("majority_fraction", 0.0) for s in
-                                  ((m.get("predictions") or {}).get("splits") or {}).values()), default=None),
+        "majority_fraction": _share_or_none(majority_fraction(m)),
         "metrics": m["metrics"],
         "factor_budget": m.get("factor_budget"),
     }
+
+
+def _share_or_none(share: float) -> float | None:  # JSON has no nan
+    return None if share != share else share
 
 
 def results_path(tag: str) -> Path:
