@@ -69,3 +69,18 @@ def test_backfill_reads_the_work_folder(tmp_path):
     assert record["predictions"] == {"degenerate": True, "majority_fraction": 1.0}
     assert record["after_factorization"]["sa-svd-l0.5"]["predictions"]["majority_fraction"] == 0.9
     assert not regime._add_predictions(record, out, tmp_path / "cell")  # nothing left to add
+
+
+def test_retrained_table_joins_each_retraining_to_its_cell():
+    """Every committed re-training of an MRPC cell's factorization finds its cell (by the factorized
+    model's name) and shows one score and one one-class share per re-training seed."""
+    regime = _regime_module()
+    retrained = sorted((ROOT / "benchmarks" / "retrain_study").glob("results_regime-mrpc-*.json"))
+    table = regime.retrained_markdown("mrpc", ROOT / "benchmarks" / "prune_study" / "regime" / "mrpc")
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert retrained and len(rows) == len(retrained)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        n_seeds = len(cells[5].split(" / "))
+        assert n_seeds == 3 and len(cells[6].split(" / ")) == n_seeds
+        assert cells[1] in ("pretrained", "finetuned") and cells[4].endswith("%")
